@@ -1,0 +1,92 @@
+"""The plug points of a scheduling policy: five small strategies, composed into a `Policy`.
+
+The scheduler owns the mechanism (queues, ledger, the step loop); a policy only answers questions:
+in what order requests wait (`Order`), how much KV a request holds (`Reservation`), who may join the
+batch (`Admission`), how many tokens a step may carry (`Budget`), and who leaves when KV runs out
+(`Victims`). Every policy in `ecosched.policies` is one such composition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ecosched.core.request import PreemptMode, RequestState
+
+if TYPE_CHECKING:
+    from ecosched.core.scheduler import Scheduler
+
+
+class Order(Protocol):
+    """Static sort keys (smaller runs first). Keys must not depend on the current time."""
+
+    bucketed: bool  # admit predicted-RL buckets together (time-synced batching)
+
+    def waiting_key(self, state: RequestState) -> tuple[float, ...]: ...
+
+    def swapped_key(self, state: RequestState, num_cpu_blocks: int) -> tuple[float, ...]: ...
+
+    def prefill_key(self, state: RequestState, num_used_blocks: int) -> tuple[float, ...] | None:
+        """Order of running requests still in prefill; None keeps admission order."""
+        ...
+
+
+class Reservation(Protocol):
+    """How many tokens of KV capacity a request holds."""
+
+    lookahead_tokens: int  # top up when fewer than this many reserved tokens remain
+    topup_from_reserve: bool  # top-ups may take the global reserve
+    reserve_fraction: float  # fraction of KV blocks kept as the global reserve
+
+    def admission_tokens(self, state: RequestState, num_new_tokens: int) -> int:
+        """Capacity to hold when admitted with `num_new_tokens` scheduled (at least computed + new)."""
+        ...
+
+    def topup_tokens(self, state: RequestState) -> int:
+        """Extra capacity to add when the request runs low."""
+        ...
+
+
+class Admission(Protocol):
+    """Who may join the running batch."""
+
+    skip_blocked: bool  # a request that does not fit is skipped (True) or blocks the queue (False)
+    pipelining: bool  # a request that does not fit may borrow a running host's spare blocks
+    margin_tokens: int  # safety margin b of the pipelining test
+
+    def allows(self, state: RequestState, scheduler: Scheduler) -> bool: ...
+
+    def on_step(self, scheduler: Scheduler) -> None: ...
+
+    def on_preempt(self, scheduler: Scheduler, victim: RequestState) -> None: ...
+
+
+class Budget(Protocol):
+    """Tokens one step may carry."""
+
+    def token_budget(self, scheduler: Scheduler) -> int: ...
+
+
+class Victims(Protocol):
+    """Who is preempted when a running request needs KV and none is free, and how."""
+
+    def choose(self, candidates: Sequence[RequestState], scheduler: Scheduler) -> RequestState: ...
+
+    def mode(self, victim: RequestState, scheduler: Scheduler) -> PreemptMode: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named composition of strategies."""
+
+    name: str
+    description: str
+    order: Order
+    reservation: Reservation
+    admission: Admission
+    budget: Budget
+    victims: Victims
+    decode_first: bool = True  # carry running decodes before prefills
+    pads_predictions: bool = True  # reserve for the padded (True) or the point prediction
+    predictor_override: str | None = None  # e.g. "oracle" for the oracle policy

@@ -1,0 +1,313 @@
+"""The phases of one scheduling step (see the model at the top of `scheduler.py`).
+
+`StepBuilder` collects what the step decides; `StepRunner` runs the phases against the scheduler's
+queues and ledger. Kept apart from `Scheduler` so the hot loop (decodes) reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ecosched.core.decision import Admission, Decision, EngineView, Preemption, PrefillChunk, TopUp
+from ecosched.core.ledger import Allocated
+from ecosched.core.request import PreemptMode, RequestState, RequestStatus
+
+if TYPE_CHECKING:
+    from ecosched.core.scheduler import Scheduler
+
+_RUNNING = RequestStatus.RUNNING
+
+
+class StepBuilder:
+    """What one step decides, filled in phase by phase."""
+
+    def __init__(self, step_id: int, token_budget: int) -> None:
+        self.step_id = step_id
+        self.token_budget = token_budget
+        self.budget_left = token_budget
+        self.decodes: list[str] = []
+        self.prefills: list[PrefillChunk] = []
+        self.admitted: list[Admission] = []
+        self.swapped_in: list[str] = []
+        self.topups: list[TopUp] = []
+        self.preempted: list[Preemption] = []
+        self.generating: list[RequestState] = []  # sample a token this step
+        self.finishing: list[RequestState] = []  # reach max_output_tokens this step
+
+    def build(self) -> Decision:
+        return Decision(
+            step_id=self.step_id,
+            token_budget=self.token_budget,
+            decodes=tuple(self.decodes),
+            prefills=tuple(self.prefills),
+            admitted=tuple(self.admitted),
+            swapped_in=tuple(self.swapped_in),
+            topups=tuple(self.topups),
+            preempted=tuple(self.preempted),
+            length_finished=tuple(s.request_id for s in self.finishing),
+        )
+
+
+class StepRunner:
+    """Runs the phases of a step for one scheduler."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.s = scheduler
+        self.policy = scheduler.policy
+        self.ledger = scheduler.ledger
+        self.bs = scheduler.block_size
+        self._engine_free: int | None = None
+        self._free_at_start = 0
+
+    def run(self, b: StepBuilder, now_s: float, view: EngineView | None) -> None:
+        self._engine_free = None if view is None else view.num_free_blocks
+        self._free_at_start = self.ledger.num_free_blocks
+        if self.policy.decode_first:
+            prefilling = self._decodes(b, list(self.s.running))
+            self._running_prefills(b, prefilling, now_s)
+            self._resume_swapped(b, now_s)
+            self._admit(b, now_s)
+        else:
+            running = list(self.s.running)
+            decoding = [st for st in running if st.num_tokens_to_compute == 1]
+            self._running_prefills(b, [st for st in running if st.num_tokens_to_compute > 1], now_s)
+            self._resume_swapped(b, now_s)
+            self._admit(b, now_s)
+            self._decodes(b, decoding)
+
+    # ---- phase: decodes (the hot loop) ----
+    def _decodes(self, b: StepBuilder, states: list[RequestState]) -> list[RequestState]:
+        """Give each decoding request its one token; returns the running requests still in prefill."""
+        prefilling = []
+        decodes, generating, finishing = b.decodes, b.generating, b.finishing
+        for st in states:
+            req = st.request
+            computed = st.num_computed_tokens
+            if req.num_prompt_tokens + st.num_output_tokens - computed != 1:
+                prefilling.append(st)
+                continue
+            if b.budget_left < 1 or st.status is not _RUNNING:
+                continue
+            if computed + 1 > st.watermark and not self._make_room(st, computed + 1, b):
+                continue
+            st.num_computed_tokens = computed + 1
+            self.s.num_context_tokens += 1
+            b.budget_left -= 1
+            st.num_output_tokens += 1
+            decodes.append(req.request_id)
+            generating.append(st)
+            if st.num_output_tokens >= req.max_output_tokens:
+                finishing.append(st)
+        return prefilling
+
+    # ---- phase: running prefills ----
+    def _running_prefills(self, b: StepBuilder, states: list[RequestState], now_s: float) -> None:
+        order = self.policy.order
+        keyed = [(order.prefill_key(st, self.s.blocks_for(st.num_computed_tokens)), i, st) for i, st in enumerate(states)]
+        if any(k is not None for k, _, _ in keyed):
+            keyed.sort(key=lambda item: (item[0] or (), item[1]))
+        chunked = self.s.config.scheduler.chunked_prefill
+        for _, _, st in keyed:
+            if b.budget_left < 1:
+                return
+            if st.status is not _RUNNING:
+                continue
+            todo = st.num_tokens_to_compute
+            if todo > b.budget_left and not chunked:
+                continue
+            self._run_chunk(st, min(todo, b.budget_left), b, now_s)
+
+    def _run_chunk(self, st: RequestState, num_tokens: int, b: StepBuilder, now_s: float) -> bool:
+        """Compute `num_tokens` more tokens of `st` this step (a prefill chunk, or a resumed decode)."""
+        start = st.num_computed_tokens
+        new = start + num_tokens
+        if new > st.watermark and not self._make_room(st, new, b):
+            return False
+        st.num_computed_tokens = new
+        self.s.num_context_tokens += num_tokens
+        b.budget_left -= num_tokens
+        if st.first_scheduled_s is None:
+            st.first_scheduled_s = now_s
+        samples = new == st.num_tokens
+        b.prefills.append(PrefillChunk(st.request_id, start, num_tokens, samples))
+        if samples:
+            st.num_output_tokens += 1
+            b.generating.append(st)
+            if st.num_output_tokens >= st.request.max_output_tokens:
+                b.finishing.append(st)
+        return True
+
+    # ---- KV growth: top-up, or preemption ----
+    def _make_room(self, st: RequestState, new_computed: int, b: StepBuilder) -> bool:
+        """Make `st` able to hold `new_computed` tokens; False if `st` itself had to be preempted."""
+        rid, ledger, res = st.request_id, self.ledger, self.policy.reservation
+        need = self.s.blocks_for(new_computed)
+        cap = ledger.capacity_blocks(rid)
+        low = res.lookahead_tokens > 0 and cap * self.bs - new_computed < res.lookahead_tokens
+        if need > cap or low:
+            want = max(need - cap, self.s.blocks_for(res.topup_tokens(st)))
+            if isinstance(ledger.allocate(rid, want, use_reserve=res.topup_from_reserve), Allocated):
+                self._topped_up(rid, want, b)
+            elif need > cap and not self._preempt_until_fits(st, need, b):
+                return False
+        ledger.set_used(rid, need)
+        st.watermark = self._watermark(st, need)
+        return True
+
+    def _watermark(self, st: RequestState, used_blocks: int) -> int:
+        cap_tokens = self.ledger.capacity_blocks(st.request_id) * self.bs
+        return min(used_blocks * self.bs, cap_tokens - self.policy.reservation.lookahead_tokens)
+
+    def _topped_up(self, rid: str, num_blocks: int, b: StepBuilder) -> None:
+        b.topups.append(TopUp(rid, num_blocks))
+        self.s.stats.num_topups += 1
+
+    def _preempt_until_fits(self, st: RequestState, need: int, b: StepBuilder) -> bool:
+        rid = st.request_id
+        while True:
+            short = need - self.ledger.capacity_blocks(rid)
+            if short <= 0:
+                return True
+            if isinstance(self.ledger.allocate(rid, short, use_reserve=True), Allocated):
+                self._topped_up(rid, short, b)
+                return True
+            candidates = [r for r in self.s.running if r.status is _RUNNING]
+            victim = self.policy.victims.choose(candidates, self.s)
+            self._preempt(victim, b)
+            if victim is st:
+                return False
+
+    def _preempt(self, victim: RequestState, b: StepBuilder) -> None:
+        rid = victim.request_id
+        mode = self.policy.victims.mode(victim, self.s)
+        joined_now = self._unschedule(victim, b)
+        if mode is PreemptMode.SWAP and not isinstance(self.ledger.swap_out(rid), Allocated):
+            mode = PreemptMode.RECOMPUTE
+        if mode is PreemptMode.RECOMPUTE:
+            self.ledger.release(rid)
+        self.s.requeue(victim, to_swapped=mode is PreemptMode.SWAP)
+        if not joined_now:
+            b.preempted.append(Preemption(rid, mode))
+        if mode is PreemptMode.SWAP:
+            self.s.stats.num_swaps += 1
+        else:
+            self.s.stats.num_recomputes += 1
+        self.policy.admission.on_preempt(self.s, victim)
+
+    def _unschedule(self, st: RequestState, b: StepBuilder) -> bool:
+        """Take back whatever this step gave `st`; True if it joined the batch in this very step."""
+        rid = st.request_id
+        tokens, sampled = 0, False
+        if rid in b.decodes:
+            b.decodes.remove(rid)
+            tokens, sampled = 1, True
+        else:
+            for i, chunk in enumerate(b.prefills):
+                if chunk.request_id == rid:
+                    tokens, sampled = chunk.num_tokens, chunk.samples_token
+                    del b.prefills[i]
+                    break
+        if sampled:
+            st.num_output_tokens -= 1
+            b.generating.remove(st)
+            if st in b.finishing:
+                b.finishing.remove(st)
+        st.num_computed_tokens -= tokens
+        self.s.num_context_tokens -= tokens
+        b.budget_left += tokens
+        if rid in self.ledger:
+            self.ledger.set_used(rid, self.s.blocks_for(st.num_computed_tokens))
+        joined = [a for a in b.admitted if a.request_id == rid]
+        for a in joined:
+            b.admitted.remove(a)
+        if rid in b.swapped_in:
+            b.swapped_in.remove(rid)
+            return True
+        return bool(joined)
+
+    # ---- phase: the GT queue (swapped requests) ----
+    def _resume_swapped(self, b: StepBuilder, now_s: float) -> None:
+        limit = self.s.config.scheduler.max_num_seqs
+        for st in list(self.s.swapped):
+            if len(self.s.running) >= limit or b.budget_left < 1:
+                return
+            todo = st.num_tokens_to_compute
+            blocks = self.s.blocks_for(max(self.policy.reservation.admission_tokens(st, todo), st.num_tokens))
+            if blocks > self._admittable():
+                if self.policy.admission.skip_blocked:
+                    continue
+                return
+            self.ledger.allocate(st.request_id, blocks)
+            self.ledger.drop_swapped(st.request_id)
+            self.s.swapped.remove(st)
+            self.s.enter_running(st)
+            b.swapped_in.append(st.request_id)
+            self._run_chunk(st, min(todo, b.budget_left), b, now_s)
+
+    # ---- phase: the PT queue ----
+    def _admit(self, b: StepBuilder, now_s: float) -> None:
+        cfg = self.s.config.scheduler
+        failures_left = cfg.max_admission_scan
+        skip = self.policy.admission.skip_blocked
+        for lst in self.s.waiting.buckets_by_head():
+            seats = cfg.max_num_seqs - len(self.s.running)
+            for _, st in lst[: failures_left + min(seats, b.budget_left)]:
+                if len(self.s.running) >= cfg.max_num_seqs or b.budget_left < 1:
+                    return
+                if self._try_admit(st, b, now_s):
+                    continue
+                failures_left -= 1
+                if not skip or failures_left <= 0:
+                    return
+
+    def _try_admit(self, st: RequestState, b: StepBuilder, now_s: float) -> bool:
+        if not self.policy.admission.allows(st, self.s):
+            return False
+        todo = st.num_tokens_to_compute
+        chunk = min(todo, b.budget_left)
+        if chunk < todo and not self.s.config.scheduler.chunked_prefill:
+            return False
+        tokens = max(self.policy.reservation.admission_tokens(st, chunk), st.num_computed_tokens + chunk)
+        blocks = self.s.blocks_for(tokens)
+        host: RequestState | None = None
+        if blocks <= self._admittable():
+            self.ledger.allocate(st.request_id, blocks)
+        elif self.policy.admission.pipelining and (host := self._find_host(st, blocks)) is not None:
+            self.ledger.borrow(st.request_id, host.request_id, blocks)
+            host.watermark = self._watermark(host, self.s.blocks_for(host.num_computed_tokens))
+            self.s.stats.num_pipelined += 1
+        else:
+            return False
+        self.s.waiting.remove(st)
+        self.s.enter_running(st)
+        self.s.stats.num_admitted += 1
+        st.admit_seq = self.s.stats.num_admitted
+        b.admitted.append(Admission(st.request_id, blocks, None if host is None else host.request_id))
+        return self._run_chunk(st, chunk, b, now_s)
+
+    def _admittable(self) -> int:
+        free = self.ledger.num_admittable_blocks
+        if self._engine_free is None:
+            return free
+        taken_this_step = self._free_at_start - self.ledger.num_free_blocks
+        return min(free, self._engine_free - taken_this_step)
+
+    def _find_host(self, guest: RequestState, blocks: int) -> RequestState | None:
+        """Best-fit host for a guest, by CacheOPT's test a_j - (u_j + o_i) - (p_i + o_i) >= b.
+
+        a_j: the host's capacity in tokens (its lent blocks excluded), u_j: its computed tokens,
+        p_i: the guest's tokens to hold after prefill, o_i: its padded predicted output still to come.
+        Best fit: the feasible host left with the least slack.
+        """
+        p, o = guest.num_tokens, guest.predicted_remaining_tokens
+        margin = self.policy.admission.margin_tokens
+        best, best_slack = None, math.inf
+        for host in self.s.running:
+            if host.status is not _RUNNING:
+                continue
+            a = self.ledger.capacity_blocks(host.request_id) * self.bs
+            slack = a - (host.num_computed_tokens + o) - (p + o) - margin
+            if 0 <= slack < best_slack and self.ledger.spare_blocks(host.request_id) >= blocks:
+                best, best_slack = host, slack
+        return best
