@@ -1,0 +1,42 @@
+"""Shared factories for the unit tests (in the manner of vLLM's create_scheduler/create_requests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ecosched import EcoschedConfig, Request, Scheduler, StepOutcome, build_scheduler
+
+
+def make_config(policy: str = "ecoserve", **sections: Any) -> EcoschedConfig:
+    """A config with `policy` and nested overrides, e.g. cache={"num_gpu_blocks": 64}."""
+    return EcoschedConfig.model_validate({"policy": policy, **sections})
+
+
+def make_scheduler(policy: str = "ecoserve", **sections: Any) -> Scheduler:
+    return build_scheduler(make_config(policy, **sections))
+
+
+def make_request(
+    rid: str,
+    prompt: int = 32,
+    max_output: int = 64,
+    arrival: float = 0.0,
+    *,
+    true_output: int | None = None,
+    slo: str | None = None,
+) -> Request:
+    return Request(rid, prompt, max_output, arrival, slo, None, true_output if true_output is not None else max_output)
+
+
+def step(scheduler: Scheduler, now: float = 0.0, stops: tuple[Any, ...] = ()):  # type: ignore[no-untyped-def]
+    """One schedule + update round; returns (decision, ended records)."""
+    decision = scheduler.schedule(now)
+    ended = scheduler.update(StepOutcome(decision.step_id, now + 0.01, stops))
+    return decision, ended
+
+
+@pytest.fixture
+def small_cache() -> dict[str, Any]:
+    return {"block_size": 16, "num_gpu_blocks": 64, "num_cpu_blocks": 32, "max_model_len": 1024}
