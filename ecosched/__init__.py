@@ -49,6 +49,8 @@ from ecosched.policies import POLICIES
 __version__ = "0.1.0"
 
 __all__ = [
+    "POLICIES",
+    "PREDICTORS",
     "Admission",
     "Allocated",
     "AllocationFailure",
@@ -64,13 +66,11 @@ __all__ = [
     "LinearLatencyModel",
     "NoisyOraclePredictor",
     "OraclePredictor",
-    "POLICIES",
-    "PREDICTORS",
     "Padder",
     "Policy",
+    "Prediction",
     "PreemptMode",
     "Preemption",
-    "Prediction",
     "PrefillChunk",
     "Request",
     "RequestRecord",

@@ -34,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run a built-in scenario through every policy and compare them")
-    demo.add_argument("--policies", default="vllm,sarathi,sglang,sjf,ecoserve,oracle",
-                      help="comma-separated policies to compare (default: %(default)s)")
+    demo.add_argument(
+        "--policies",
+        default="vllm,sarathi,sglang,sjf,ecoserve,oracle",
+        help="comma-separated policies to compare (default: %(default)s)",
+    )
     demo.add_argument("--num-requests", type=int, default=300, help="requests in the scenario (default: %(default)s)")
     demo.add_argument("--rate", type=float, default=6.0, help="arrival rate, requests/s (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the scenario (default: %(default)s)")
@@ -49,8 +52,13 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="show the configuration (defaults, a file, and overrides)")
     cfg.add_argument("--config", help="YAML file (default: built-in defaults)")
-    cfg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a field, e.g. --set scheduler.max_num_seqs=128 (repeatable)")
+    cfg.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set scheduler.max_num_seqs=128 (repeatable)",
+    )
     cfg.add_argument("--schema", action="store_true", help="print every field with its help text instead")
     cfg.set_defaults(func=_config)
     return p
@@ -100,13 +108,18 @@ def _demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.__dict__ for s in summaries], indent=2))
         return 0
-    print(f"built-in scenario: {args.num_requests} requests, Poisson {args.rate}/s, "
-          f"{demo_config('vllm').cache.num_gpu_blocks} KV blocks; toy linear latency model")
-    head = f"{'policy':10s} {'SLO met':>8s} {'TTFT mean':>10s} {'TTFT p99':>9s} {'JCT mean':>9s} {'JCT p99':>8s} {'preempt':>8s} {'tok/s':>7s}"
+    print(
+        f"built-in scenario: {args.num_requests} requests, Poisson {args.rate}/s, "
+        f"{demo_config('vllm').cache.num_gpu_blocks} KV blocks; toy linear latency model"
+    )
+    cols = ("SLO met", "TTFT mean", "TTFT p99", "JCT mean", "JCT p99", "preempt", "tok/s")
+    head = f"{'policy':10s} " + " ".join(f"{c:>9s}" for c in cols)
     print(head)
     for s in summaries:
-        print(f"{s.policy:10s} {s.slo_attainment:8.1%} {s.mean_ttft_s:10.2f} {s.p99_ttft_s:9.2f} "
-              f"{s.mean_jct_s:9.2f} {s.p99_jct_s:8.2f} {s.num_preemptions:8d} {s.throughput_tokens_s:7.0f}")
+        print(
+            f"{s.policy:10s} {s.slo_attainment:9.1%} {s.mean_ttft_s:9.2f} {s.p99_ttft_s:9.2f} "
+            f"{s.mean_jct_s:9.2f} {s.p99_jct_s:9.2f} {s.num_preemptions:9d} {s.throughput_tokens_s:9.0f}"
+        )
     return 0
 
 

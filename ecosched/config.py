@@ -65,9 +65,7 @@ def _default_slo_classes() -> dict[str, SLOClassConfig]:
 class SLOConfig(_Strict):
     """The SLO classes a request can name."""
 
-    classes: dict[str, SLOClassConfig] = Field(
-        default_factory=_default_slo_classes, description="SLO classes by name."
-    )
+    classes: dict[str, SLOClassConfig] = Field(default_factory=_default_slo_classes, description="SLO classes by name.")
     default_class: str = Field("interactive", description="Class of requests that name none.")
 
     @model_validator(mode="after")
@@ -86,36 +84,24 @@ class PaddingConfig(_Strict):
         True, description="Lower q linearly from `quantile` to `quantile_at_high_rate` as load grows."
     )
     low_rate_rps: float = Field(1.0, ge=0, description="Arrival rate at or below which q = quantile.")
-    high_rate_rps: float = Field(
-        20.0, gt=0, description="Arrival rate at or above which q = quantile_at_high_rate."
-    )
+    high_rate_rps: float = Field(20.0, gt=0, description="Arrival rate at or above which q = quantile_at_high_rate.")
     quantile_at_high_rate: float = Field(0.7, gt=0, lt=1, description="q under heavy load.")
     rate_window: int = Field(64, ge=2, description="Arrivals used to estimate the arrival rate.")
-    error_window: int = Field(
-        1024, ge=1, description="Finished requests whose prediction errors are kept."
-    )
+    error_window: int = Field(1024, ge=1, description="Finished requests whose prediction errors are kept.")
     min_error_samples: int = Field(
         32, ge=1, description="Errors needed before the empirical quantile replaces the fallback."
     )
-    fallback_margin: float = Field(
-        0.2, ge=0, description="Relative padding used before enough errors are observed."
-    )
+    fallback_margin: float = Field(0.2, ge=0, description="Relative padding used before enough errors are observed.")
 
 
 class PredictorConfig(_Strict):
     """Which response-length predictor runs at arrival."""
 
-    kind: str = Field(
-        "noisy-oracle", description="Predictor implementation (see `ecosched predictors`)."
-    )
+    kind: str = Field("noisy-oracle", description="Predictor implementation (see `ecosched predictors`).")
     constant_tokens: int = Field(256, ge=1, description="Prediction of the `constant` predictor.")
-    noise_sigma: float = Field(
-        0.3, ge=0, description="Log-normal sigma of the `noisy-oracle` multiplicative error."
-    )
+    noise_sigma: float = Field(0.3, ge=0, description="Log-normal sigma of the `noisy-oracle` multiplicative error.")
     seed: int = Field(0, description="Seed of the noisy oracle's random generator.")
-    fallback_tokens: int = Field(
-        256, ge=1, description="Length used when the predictor fails for a request."
-    )
+    fallback_tokens: int = Field(256, ge=1, description="Length used when the predictor fails for a request.")
     padding: PaddingConfig = Field(default_factory=PaddingConfig)
 
 
@@ -127,9 +113,7 @@ class LatencyConfig(_Strict):
     per_context_token_us: float = Field(
         0.05, ge=0, description="Attention cost per KV token read by the batch, microseconds."
     )
-    kv_bytes_per_token: int = Field(
-        524288, ge=1, description="KV bytes per token (Llama-2-7B fp16: 2*32*4096*2)."
-    )
+    kv_bytes_per_token: int = Field(524288, ge=1, description="KV bytes per token (Llama-2-7B fp16: 2*32*4096*2).")
     pcie_gb_per_s: float = Field(25.0, gt=0, description="Host<->device bandwidth for swapping.")
 
 
@@ -139,28 +123,16 @@ class EcoServeConfig(_Strict):
     decode_first: bool = Field(
         True, description="(1) Carry running GTs before PTs; off: prefills first, decodes stall."
     )
-    time_synced: bool = Field(
-        True, description="(2) Admit requests of the same predicted-RL bucket together."
-    )
+    time_synced: bool = Field(True, description="(2) Admit requests of the same predicted-RL bucket together.")
     rl_bucket_edges: tuple[int, ...] = Field(
         (32, 64, 128, 256, 512, 1024, 2048),
         description="Upper edges (tokens) of the predicted-RL buckets.",
     )
-    reserve_predicted: bool = Field(
-        True, description="(3) Reserve prompt + padded predicted output at admission."
-    )
-    pipelining: bool = Field(
-        True, description="(4) Let requests run in reserved-but-unused blocks of running hosts."
-    )
-    pipelining_margin_tokens: int = Field(
-        16, ge=0, description="(4) Safety margin b of the feasibility test."
-    )
-    kv_weight_s: float = Field(
-        1.0, ge=0, description="(5) Priority seconds per fraction of KV cache held (0: off)."
-    )
-    slack_weight: float = Field(
-        1.0, ge=0, description="(5) Weight of the TTFT deadline in the waiting order (0: off)."
-    )
+    reserve_predicted: bool = Field(True, description="(3) Reserve prompt + padded predicted output at admission.")
+    pipelining: bool = Field(True, description="(4) Let requests run in reserved-but-unused blocks of running hosts.")
+    pipelining_margin_tokens: int = Field(16, ge=0, description="(4) Safety margin b of the feasibility test.")
+    kv_weight_s: float = Field(1.0, ge=0, description="(5) Priority seconds per fraction of KV cache held (0: off).")
+    slack_weight: float = Field(1.0, ge=0, description="(5) Weight of the TTFT deadline in the waiting order (0: off).")
     length_weight_s_per_token: float = Field(
         0.001, ge=0, description="(5) Priority seconds per predicted output token (0: off)."
     )
@@ -168,9 +140,7 @@ class EcoServeConfig(_Strict):
     proactive_topup: bool = Field(
         True, description="(7) Extend reservations before they run out, from a global reserve."
     )
-    topup_lookahead_steps: int = Field(
-        4, ge=0, description="(7) Top up when fewer tokens than this remain reserved."
-    )
+    topup_lookahead_steps: int = Field(4, ge=0, description="(7) Top up when fewer tokens than this remain reserved.")
     topup_fraction: float = Field(
         0.25, gt=0, description="(7) Top-up size as a fraction of the padded predicted output."
     )
@@ -187,16 +157,10 @@ class EcoServeConfig(_Strict):
     preempt_mode: Literal["cost", "swap", "recompute"] = Field(
         "cost", description="(8) Swap or recompute victims; `cost` asks the cost model."
     )
-    dynamic_budget: bool = Field(
-        True, description="(9) Size each step's token budget to the tightest TBT SLO."
-    )
-    budget_safety: float = Field(
-        0.9, gt=0, le=1, description="(9) Fraction of the TBT target a step may take."
-    )
+    dynamic_budget: bool = Field(True, description="(9) Size each step's token budget to the tightest TBT SLO.")
+    budget_safety: float = Field(0.9, gt=0, le=1, description="(9) Fraction of the TBT target a step may take.")
     min_budget_tokens: int = Field(64, ge=1, description="(9) Floor of the dynamic budget.")
-    slo_classes_first: bool = Field(
-        True, description="(10) Order tight SLO classes before loose ones."
-    )
+    slo_classes_first: bool = Field(True, description="(10) Order tight SLO classes before loose ones.")
 
 
 class SarathiConfig(_Strict):
@@ -218,9 +182,7 @@ class SGLangConfig(_Strict):
 class SJFConfig(_Strict):
     """Shortest predicted job first with aging."""
 
-    aging_tokens_per_s: float = Field(
-        50.0, ge=0, description="Predicted tokens forgiven per second of waiting."
-    )
+    aging_tokens_per_s: float = Field(50.0, ge=0, description="Predicted tokens forgiven per second of waiting.")
 
 
 class PoliciesConfig(_Strict):
@@ -298,5 +260,7 @@ def _check_path(parts: list[str], item: str) -> None:
             here = ".".join(parts[:depth]) or "top level"
             raise ConfigError(f"override {item!r}: unknown key {part!r} at {here}; known: {', '.join(fields)}")
         annotation = fields[part].annotation
-        is_node = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        model = annotation if is_node else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            model = None

@@ -60,7 +60,7 @@ class EntryView:
 
 
 class _Entry:
-    __slots__ = ("owned", "borrowed", "used", "lent", "host", "guests")
+    __slots__ = ("borrowed", "guests", "host", "lent", "owned", "used")
 
     def __init__(self) -> None:
         self.owned = 0
@@ -90,6 +90,9 @@ class BlockLedger:
         self.num_cpu_free_blocks = num_cpu_blocks
         self._entries: dict[str, _Entry] = {}
         self._cpu_held: dict[str, int] = {}
+        # Bumped whenever free blocks or a request's capacity may have grown (allocate, release):
+        # an admission that failed cannot succeed before it changes.
+        self.version = 0
 
     # ---- queries (no mutation) ----
     def __contains__(self, request_id: str) -> bool:
@@ -141,6 +144,7 @@ class BlockLedger:
             entry = self._entries[request_id] = _Entry()
         entry.owned += num_blocks
         self.num_free_blocks -= num_blocks
+        self.version += 1
         return Allocated(request_id, num_blocks)
 
     def borrow(self, guest_id: str, host_id: str, num_blocks: int) -> AllocationResult:
@@ -175,6 +179,7 @@ class BlockLedger:
         e = self._entries.pop(request_id, None)
         if e is None:
             return 0
+        self.version += 1
         host = self._entries[e.host] if e.host is not None else None
         for guest_id in e.guests:
             self._hand_over(e, self._entries[guest_id], guest_id, e.host, host)

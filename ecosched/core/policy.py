@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 class Order(Protocol):
     """Static sort keys (smaller runs first). Keys must not depend on the current time."""
 
-    bucketed: bool  # admit predicted-RL buckets together (time-synced batching)
+    @property
+    def bucketed(self) -> bool:
+        """Admit predicted-RL buckets together (time-synced batching)."""
+        ...
 
     def waiting_key(self, state: RequestState) -> tuple[float, ...]: ...
 
@@ -35,9 +38,20 @@ class Order(Protocol):
 class Reservation(Protocol):
     """How many tokens of KV capacity a request holds."""
 
-    lookahead_tokens: int  # top up when fewer than this many reserved tokens remain
-    topup_from_reserve: bool  # top-ups may take the global reserve
-    reserve_fraction: float  # fraction of KV blocks kept as the global reserve
+    @property
+    def lookahead_tokens(self) -> int:
+        """Top up when fewer than this many reserved tokens remain (0: only when exhausted)."""
+        ...
+
+    @property
+    def topup_from_reserve(self) -> bool:
+        """Whether proactive top-ups may take the global reserve."""
+        ...
+
+    @property
+    def reserve_fraction(self) -> float:
+        """Fraction of KV blocks kept as the global reserve."""
+        ...
 
     def admission_tokens(self, state: RequestState, num_new_tokens: int) -> int:
         """Capacity to hold when admitted with `num_new_tokens` scheduled (at least computed + new)."""
@@ -51,9 +65,20 @@ class Reservation(Protocol):
 class Admission(Protocol):
     """Who may join the running batch."""
 
-    skip_blocked: bool  # a request that does not fit is skipped (True) or blocks the queue (False)
-    pipelining: bool  # a request that does not fit may borrow a running host's spare blocks
-    margin_tokens: int  # safety margin b of the pipelining test
+    @property
+    def skip_blocked(self) -> bool:
+        """A request that does not fit is skipped (True) or blocks the queue (False)."""
+        ...
+
+    @property
+    def pipelining(self) -> bool:
+        """A request that does not fit may borrow a running host's reserved-but-unused blocks."""
+        ...
+
+    @property
+    def margin_tokens(self) -> int:
+        """Safety margin b of the pipelining test."""
+        ...
 
     def allows(self, state: RequestState, scheduler: Scheduler) -> bool: ...
 

@@ -32,6 +32,11 @@ class BucketedQueue:
         merged = sorted(item for lst in self._lists.values() for item in lst)
         return (state for _, state in merged)
 
+    @property
+    def version(self) -> int:
+        """Grows with every push: a queue that did not change since a failed scan has the same version."""
+        return self._seq
+
     def push(self, state: RequestState, key: tuple[float, ...]) -> None:
         self._seq += 1
         state.order_key = (*key, self._seq)

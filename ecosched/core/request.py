@@ -87,25 +87,26 @@ class RequestState:
     """The scheduler's mutable view of one request. Adapters read it; only the scheduler writes it."""
 
     __slots__ = (
+        "admit_seq",
+        "bucket",
+        "first_scheduled_s",
+        "first_token_s",
+        "group_id",
+        "last_token_s",
+        "max_tbt_s",
+        "num_computed_tokens",
+        "num_output_tokens",
+        "num_recomputes",
+        "num_swaps",
+        "num_tbt_violations",
+        "order_key",
+        "padded_output_tokens",
+        "predicted_output_tokens",
         "request",
         "slo",
         "status",
-        "num_computed_tokens",
-        "num_output_tokens",
-        "predicted_output_tokens",
-        "padded_output_tokens",
-        "bucket",
-        "group_id",
-        "order_key",
-        "admit_seq",
         "watermark",
-        "first_scheduled_s",
-        "first_token_s",
-        "last_token_s",
-        "max_tbt_s",
-        "num_tbt_violations",
-        "num_recomputes",
-        "num_swaps",
+        "capacity_tokens",
     )
 
     def __init__(self, request: Request, slo: SLOClass, predicted: int, padded: int, bucket: int) -> None:
@@ -122,6 +123,9 @@ class RequestState:
         self.admit_seq = -1
         # Computed-token count past which the scheduler must look at this request's KV again.
         self.watermark = 0
+        # KV capacity in tokens as of the last time the scheduler sized this request (a lower bound:
+        # capacity only grows behind its back, when a guest leaves).
+        self.capacity_tokens = 0
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.last_token_s = 0.0

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ecosched.config import EcoschedConfig
 from ecosched.core.decision import Decision, EngineView, StepOutcome
+from ecosched.core.latency import LatencyModel
 from ecosched.core.ledger import BlockLedger
 from ecosched.core.policy import Policy
 from ecosched.core.predictor import LengthPredictor, Padder, Prediction
@@ -36,7 +37,6 @@ from ecosched.core.request import (
     SLOClass,
 )
 from ecosched.core.step import StepBuilder, StepRunner
-from ecosched.core.latency import LatencyModel
 from ecosched.errors import (
     CapacityError,
     ContextLengthError,
@@ -131,9 +131,13 @@ class Scheduler:
         if r.request_id in self.requests:
             raise DuplicateRequestError(f"request id {r.request_id!r} is already queued or running")
         if r.num_prompt_tokens < 1:
-            raise InvalidRequestError(f"request {r.request_id!r}: num_prompt_tokens must be >= 1, got {r.num_prompt_tokens}")
+            raise InvalidRequestError(
+                f"request {r.request_id!r}: num_prompt_tokens must be >= 1, got {r.num_prompt_tokens}"
+            )
         if r.max_output_tokens < 1:
-            raise InvalidRequestError(f"request {r.request_id!r}: max_output_tokens must be >= 1, got {r.max_output_tokens}")
+            raise InvalidRequestError(
+                f"request {r.request_id!r}: max_output_tokens must be >= 1, got {r.max_output_tokens}"
+            )
         total = r.num_prompt_tokens + r.max_output_tokens
         if total > cache.max_model_len:
             raise ContextLengthError(
@@ -149,7 +153,9 @@ class Scheduler:
             )
         name = r.slo_class or self.config.slo.default_class
         if name not in self.slo_classes:
-            raise InvalidRequestError(f"request {r.request_id!r}: unknown SLO class {name!r}; known: {sorted(self.slo_classes)}")
+            raise InvalidRequestError(
+                f"request {r.request_id!r}: unknown SLO class {name!r}; known: {sorted(self.slo_classes)}"
+            )
         return self.slo_classes[name]
 
     def _predict(self, requests: Sequence[Request]) -> list[Prediction]:
@@ -163,8 +169,12 @@ class Scheduler:
             now = requests[0].arrival_s if requests else 0.0
             if now - self._last_predictor_warning_s >= 60.0:
                 self._last_predictor_warning_s = now
-                logger.warning("predictor %s failed (%s); using %d tokens", self.predictor.name, exc,
-                               self.config.predictor.fallback_tokens)
+                logger.warning(
+                    "predictor %s failed (%s); using %d tokens",
+                    self.predictor.name,
+                    exc,
+                    self.config.predictor.fallback_tokens,
+                )
             fallback = self.config.predictor.fallback_tokens
             return [Prediction(min(fallback, r.max_output_tokens)) for r in requests]
 
@@ -209,19 +219,21 @@ class Scheduler:
         """Apply what the engine reports for a step; returns the requests that ended with it."""
         flight = self._in_flight.pop(outcome.step_id, None)
         if flight is None:
-            raise OutcomeError(f"outcome for step {outcome.step_id}, which is not in flight (in flight: {sorted(self._in_flight)})")
+            raise OutcomeError(
+                f"outcome for step {outcome.step_id}, which is not in flight (in flight: {sorted(self._in_flight)})"
+            )
         now = outcome.now_s
         for state in flight.generating:
             if state.status in (RequestStatus.RUNNING, RequestStatus.FINISHING):
                 state.record_token(now)
         ended = []
         for stop in outcome.stops:
-            state = self.requests.get(stop.request_id)
-            if state is None:
+            stopped = self.requests.get(stop.request_id)
+            if stopped is None:
                 continue  # aborted or ended while the step ran
             if stop.num_output_tokens is not None:
-                state.num_output_tokens = stop.num_output_tokens
-            ended.append(self._end(state, now, stop.reason))
+                stopped.num_output_tokens = stop.num_output_tokens
+            ended.append(self._end(stopped, now, stop.reason))
         for state in flight.finishing:
             if state.status is RequestStatus.FINISHING:
                 ended.append(self._end(state, now, FinishReason.LENGTH))
@@ -304,6 +316,6 @@ class Scheduler:
         for state in self.waiting:
             assert state.request_id not in holders and state.status is RequestStatus.WAITING, state
         for state in self.swapped:
-            assert state.request_id not in holders and self.ledger.cpu_blocks(state.request_id) > 0 or (
+            assert (state.request_id not in holders and self.ledger.cpu_blocks(state.request_id) > 0) or (
                 state.num_computed_tokens == 0
             ), state

@@ -6,9 +6,9 @@ queues and ledger. Kept apart from `Scheduler` so the hot loop (decodes) reads t
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
+from ecosched.core.admission import Admitter
 from ecosched.core.decision import Admission, Decision, EngineView, Preemption, PrefillChunk, TopUp
 from ecosched.core.ledger import Allocated
 from ecosched.core.request import PreemptMode, RequestState, RequestStatus
@@ -59,6 +59,7 @@ class StepRunner:
         self.bs = scheduler.block_size
         self._engine_free: int | None = None
         self._free_at_start = 0
+        self.admitter = Admitter(self)
 
     def run(self, b: StepBuilder, now_s: float, view: EngineView | None) -> None:
         self._engine_free = None if view is None else view.num_free_blocks
@@ -67,13 +68,13 @@ class StepRunner:
             prefilling = self._decodes(b, list(self.s.running))
             self._running_prefills(b, prefilling, now_s)
             self._resume_swapped(b, now_s)
-            self._admit(b, now_s)
+            self.admitter.admit(b, now_s, self._engine_free)
         else:
             running = list(self.s.running)
             decoding = [st for st in running if st.num_tokens_to_compute == 1]
             self._running_prefills(b, [st for st in running if st.num_tokens_to_compute > 1], now_s)
             self._resume_swapped(b, now_s)
-            self._admit(b, now_s)
+            self.admitter.admit(b, now_s, self._engine_free)
             self._decodes(b, decoding)
 
     # ---- phase: decodes (the hot loop) ----
@@ -104,7 +105,9 @@ class StepRunner:
     # ---- phase: running prefills ----
     def _running_prefills(self, b: StepBuilder, states: list[RequestState], now_s: float) -> None:
         order = self.policy.order
-        keyed = [(order.prefill_key(st, self.s.blocks_for(st.num_computed_tokens)), i, st) for i, st in enumerate(states)]
+        keyed = [
+            (order.prefill_key(st, self.s.blocks_for(st.num_computed_tokens)), i, st) for i, st in enumerate(states)
+        ]
         if any(k is not None for k, _, _ in keyed):
             keyed.sort(key=lambda item: (item[0] or (), item[1]))
         chunked = self.s.config.scheduler.chunked_prefill
@@ -116,9 +119,9 @@ class StepRunner:
             todo = st.num_tokens_to_compute
             if todo > b.budget_left and not chunked:
                 continue
-            self._run_chunk(st, min(todo, b.budget_left), b, now_s)
+            self.run_chunk(st, min(todo, b.budget_left), b, now_s)
 
-    def _run_chunk(self, st: RequestState, num_tokens: int, b: StepBuilder, now_s: float) -> bool:
+    def run_chunk(self, st: RequestState, num_tokens: int, b: StepBuilder, now_s: float) -> bool:
         """Compute `num_tokens` more tokens of `st` this step (a prefill chunk, or a resumed decode)."""
         start = st.num_computed_tokens
         new = start + num_tokens
@@ -152,12 +155,13 @@ class StepRunner:
             elif need > cap and not self._preempt_until_fits(st, need, b):
                 return False
         ledger.set_used(rid, need)
-        st.watermark = self._watermark(st, need)
+        st.watermark = self.watermark(st, need)
         return True
 
-    def _watermark(self, st: RequestState, used_blocks: int) -> int:
-        cap_tokens = self.ledger.capacity_blocks(st.request_id) * self.bs
-        return min(used_blocks * self.bs, cap_tokens - self.policy.reservation.lookahead_tokens)
+    def watermark(self, st: RequestState, used_blocks: int) -> int:
+        """Computed-token count past which `st` needs `_make_room` again; refreshes its capacity."""
+        st.capacity_tokens = self.ledger.capacity_blocks(st.request_id) * self.bs
+        return min(used_blocks * self.bs, st.capacity_tokens - self.policy.reservation.lookahead_tokens)
 
     def _topped_up(self, rid: str, num_blocks: int, b: StepBuilder) -> None:
         b.topups.append(TopUp(rid, num_blocks))
@@ -234,7 +238,7 @@ class StepRunner:
                 return
             todo = st.num_tokens_to_compute
             blocks = self.s.blocks_for(max(self.policy.reservation.admission_tokens(st, todo), st.num_tokens))
-            if blocks > self._admittable():
+            if blocks > self.admittable():
                 if self.policy.admission.skip_blocked:
                     continue
                 return
@@ -243,71 +247,12 @@ class StepRunner:
             self.s.swapped.remove(st)
             self.s.enter_running(st)
             b.swapped_in.append(st.request_id)
-            self._run_chunk(st, min(todo, b.budget_left), b, now_s)
+            self.run_chunk(st, min(todo, b.budget_left), b, now_s)
 
-    # ---- phase: the PT queue ----
-    def _admit(self, b: StepBuilder, now_s: float) -> None:
-        cfg = self.s.config.scheduler
-        failures_left = cfg.max_admission_scan
-        skip = self.policy.admission.skip_blocked
-        for lst in self.s.waiting.buckets_by_head():
-            seats = cfg.max_num_seqs - len(self.s.running)
-            for _, st in lst[: failures_left + min(seats, b.budget_left)]:
-                if len(self.s.running) >= cfg.max_num_seqs or b.budget_left < 1:
-                    return
-                if self._try_admit(st, b, now_s):
-                    continue
-                failures_left -= 1
-                if not skip or failures_left <= 0:
-                    return
-
-    def _try_admit(self, st: RequestState, b: StepBuilder, now_s: float) -> bool:
-        if not self.policy.admission.allows(st, self.s):
-            return False
-        todo = st.num_tokens_to_compute
-        chunk = min(todo, b.budget_left)
-        if chunk < todo and not self.s.config.scheduler.chunked_prefill:
-            return False
-        tokens = max(self.policy.reservation.admission_tokens(st, chunk), st.num_computed_tokens + chunk)
-        blocks = self.s.blocks_for(tokens)
-        host: RequestState | None = None
-        if blocks <= self._admittable():
-            self.ledger.allocate(st.request_id, blocks)
-        elif self.policy.admission.pipelining and (host := self._find_host(st, blocks)) is not None:
-            self.ledger.borrow(st.request_id, host.request_id, blocks)
-            host.watermark = self._watermark(host, self.s.blocks_for(host.num_computed_tokens))
-            self.s.stats.num_pipelined += 1
-        else:
-            return False
-        self.s.waiting.remove(st)
-        self.s.enter_running(st)
-        self.s.stats.num_admitted += 1
-        st.admit_seq = self.s.stats.num_admitted
-        b.admitted.append(Admission(st.request_id, blocks, None if host is None else host.request_id))
-        return self._run_chunk(st, chunk, b, now_s)
-
-    def _admittable(self) -> int:
+    def admittable(self) -> int:
+        """Blocks an admission may take now: outside the global reserve, and within the engine's own free count."""
         free = self.ledger.num_admittable_blocks
         if self._engine_free is None:
             return free
         taken_this_step = self._free_at_start - self.ledger.num_free_blocks
         return min(free, self._engine_free - taken_this_step)
-
-    def _find_host(self, guest: RequestState, blocks: int) -> RequestState | None:
-        """Best-fit host for a guest, by CacheOPT's test a_j - (u_j + o_i) - (p_i + o_i) >= b.
-
-        a_j: the host's capacity in tokens (its lent blocks excluded), u_j: its computed tokens,
-        p_i: the guest's tokens to hold after prefill, o_i: its padded predicted output still to come.
-        Best fit: the feasible host left with the least slack.
-        """
-        p, o = guest.num_tokens, guest.predicted_remaining_tokens
-        margin = self.policy.admission.margin_tokens
-        best, best_slack = None, math.inf
-        for host in self.s.running:
-            if host.status is not _RUNNING:
-                continue
-            a = self.ledger.capacity_blocks(host.request_id) * self.bs
-            slack = a - (host.num_computed_tokens + o) - (p + o) - margin
-            if 0 <= slack < best_slack and self.ledger.spare_blocks(host.request_id) >= blocks:
-                best, best_slack = host, slack
-        return best
