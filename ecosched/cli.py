@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated policies to compare (default: %(default)s)",
     )
     demo.add_argument("--num-requests", type=int, default=300, help="requests in the scenario (default: %(default)s)")
-    demo.add_argument("--rate", type=float, default=6.0, help="arrival rate, requests/s (default: %(default)s)")
+    demo.add_argument("--rate", type=float, default=10.0, help="arrival rate, requests/s (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the scenario (default: %(default)s)")
     demo.add_argument("--json", action="store_true", help="print the summaries as JSON")
     demo.set_defaults(func=_demo)

@@ -97,7 +97,9 @@ class PaddingConfig(_Strict):
 class PredictorConfig(_Strict):
     """Which response-length predictor runs at arrival."""
 
-    kind: str = Field("noisy-oracle", description="Predictor implementation (see `ecosched predictors`).")
+    kind: str = Field(
+        "constant", description="Predictor implementation (see `ecosched predictors`); oracles need true lengths."
+    )
     constant_tokens: int = Field(256, ge=1, description="Prediction of the `constant` predictor.")
     noise_sigma: float = Field(0.3, ge=0, description="Log-normal sigma of the `noisy-oracle` multiplicative error.")
     seed: int = Field(0, description="Seed of the noisy oracle's random generator.")

@@ -104,9 +104,14 @@ def synthetic_requests(
 
 
 def demo_config(policy: str) -> EcoschedConfig:
-    """The built-in scenario's engine: a KV cache small enough that admission decisions matter."""
+    """The built-in scenario's engine: a KV cache small enough that admission decisions matter, and
+    a predictor of known error (true length x exp(N(0, 0.3)))."""
     return EcoschedConfig.model_validate(
-        {"policy": policy, "cache": {"num_gpu_blocks": 1500, "num_cpu_blocks": 1024, "max_model_len": 4096}}
+        {
+            "policy": policy,
+            "cache": {"num_gpu_blocks": 1500, "num_cpu_blocks": 1024, "max_model_len": 4096},
+            "predictor": {"kind": "noisy-oracle"},
+        }
     )
 
 
