@@ -82,6 +82,7 @@ def _config(args: argparse.Namespace) -> int:
 
 def _schema_lines(model: type, prefix: str) -> list[tuple[str, str]]:
     from pydantic import BaseModel
+    from pydantic_core import to_jsonable_python
 
     lines = []
     for name, field in model.model_fields.items():  # type: ignore[attr-defined]
@@ -90,8 +91,8 @@ def _schema_lines(model: type, prefix: str) -> list[tuple[str, str]]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines += _schema_lines(ann, path + ".")
         else:
-            default = field.get_default(call_default_factory=True)
-            lines.append((path, f"{field.description or ''} [default: {json.dumps(default, default=str)}]"))
+            default = to_jsonable_python(field.get_default(call_default_factory=True))
+            lines.append((path, f"{field.description or ''} [default: {json.dumps(default)}]"))
     return lines
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 
 from ecosched.errors import ConfigError
 
@@ -243,12 +244,30 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     _check_path(parts, item)
     node = data
+    model: type[BaseModel] | None = EcoschedConfig
     for part in parts[:-1]:
+        if part not in node and model is not None:
+            # entering a mapping the data does not spell out: start from its defaults, so that
+            # `slo.classes.interactive.ttft_ms=500` keeps the other fields and classes
+            field = model.model_fields[part]
+            if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+                node[part] = to_jsonable_python(field.get_default(call_default_factory=True))
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
         node = child
+        model = _node_model(model, part)
     node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _node_model(model: type[BaseModel] | None, part: str) -> type[BaseModel] | None:
+    """The config node class of field `part` of `model`, or None when it is not a node."""
+    if model is None or part not in model.model_fields:
+        return None
+    annotation = model.model_fields[part].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 def _check_path(parts: list[str], item: str) -> None:
@@ -261,8 +280,4 @@ def _check_path(parts: list[str], item: str) -> None:
         if part not in fields:
             here = ".".join(parts[:depth]) or "top level"
             raise ConfigError(f"override {item!r}: unknown key {part!r} at {here}; known: {', '.join(fields)}")
-        annotation = fields[part].annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
-            model = None
+        model = _node_model(model, part)

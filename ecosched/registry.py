@@ -54,6 +54,8 @@ class Registry(Generic[T]):
         return entry.factory
 
     def __contains__(self, name: str) -> bool:
+        if name not in self._entries:
+            self._load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:

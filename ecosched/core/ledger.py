@@ -151,8 +151,10 @@ class BlockLedger:
         """Lend `num_blocks` of the host's spare blocks to a guest that has no host yet."""
         host = self._get(host_id)
         guest = self._entries.get(guest_id)
-        if guest_id == host_id or (guest is not None and guest.host is not None):
-            raise LedgerError(f"borrow: {guest_id!r} cannot borrow from {host_id!r}")
+        if guest is not None and guest.host is not None:
+            raise LedgerError(f"borrow: {guest_id!r} already borrows from {guest.host!r}")
+        if self._in_host_chain(guest_id, host_id):
+            raise LedgerError(f"borrow: {guest_id!r} cannot borrow from {host_id!r}, which borrows from it")
         if num_blocks < 0:
             raise LedgerError(f"borrow {guest_id!r}: negative block count {num_blocks}")
         if num_blocks > host.spare:
@@ -164,6 +166,15 @@ class BlockLedger:
         host.lent += num_blocks
         host.guests[guest_id] = None
         return Allocated(guest_id, num_blocks)
+
+    def _in_host_chain(self, request_id: str, host_id: str) -> bool:
+        """True if `request_id` is `host_id` or one of the hosts it borrows from, transitively."""
+        current: str | None = host_id
+        while current is not None:
+            if current == request_id:
+                return True
+            current = self._entries[current].host
+        return False
 
     def set_used(self, request_id: str, num_blocks: int) -> None:
         """Record that `request_id` now has KV in `num_blocks` of its capacity."""
@@ -209,7 +220,7 @@ class BlockLedger:
         if e.used > self.num_cpu_free_blocks:
             return AllocationFailure(request_id, e.used, self.num_cpu_free_blocks, "host swap space is full")
         self.num_cpu_free_blocks -= e.used
-        self._cpu_held[request_id] = e.used
+        self._cpu_held[request_id] = self._cpu_held.get(request_id, 0) + e.used
         self.release(request_id)
         return Allocated(request_id, e.used)
 
