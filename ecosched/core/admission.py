@@ -59,6 +59,9 @@ class Admitter:
             for _, st in lst[: failures_left + min(seats, b.budget_left)]:
                 if len(self.s.running) >= cfg.max_num_seqs or b.budget_left < 1:
                     return False
+                if st.request_id in b.preempted_ids:
+                    self._refused = True  # it may join next step: not a KV verdict to remember
+                    continue
                 if self._try(st, b, now_s):
                     continue
                 failures_left -= 1

@@ -32,6 +32,7 @@ class StepBuilder:
         self.swapped_in: list[str] = []
         self.topups: list[TopUp] = []
         self.preempted: list[Preemption] = []
+        self.preempted_ids: set[str] = set()  # preempted in this step: not to rejoin before the next
         self.generating: list[RequestState] = []  # sample a token this step
         self.finishing: list[RequestState] = []  # reach max_output_tokens this step
 
@@ -147,7 +148,14 @@ class StepRunner:
         rid, ledger, res = st.request_id, self.ledger, self.policy.reservation
         need = self.s.blocks_for(new_computed)
         cap = ledger.capacity_blocks(rid)
-        low = res.lookahead_tokens > 0 and cap * self.bs - new_computed < res.lookahead_tokens
+        cap_tokens = cap * self.bs
+        # proactive top-up: few reserved tokens left, and the request is expected to need more
+        # (its padded prediction does not fit, or it has already outrun it)
+        low = (
+            res.lookahead_tokens > 0
+            and cap_tokens - new_computed < res.lookahead_tokens
+            and (st.predicted_remaining_tokens == 0 or st.num_tokens + st.predicted_remaining_tokens > cap_tokens)
+        )
         if need > cap or low:
             want = max(need - cap, self.s.blocks_for(res.topup_tokens(st)))
             if isinstance(ledger.allocate(rid, want, use_reserve=res.topup_from_reserve), Allocated):
@@ -186,6 +194,7 @@ class StepRunner:
         rid = victim.request_id
         mode = self.policy.victims.mode(victim, self.s)
         joined_now = self._unschedule(victim, b)
+        b.preempted_ids.add(rid)
         if mode is PreemptMode.SWAP and not isinstance(self.ledger.swap_out(rid), Allocated):
             mode = PreemptMode.RECOMPUTE
         if mode is PreemptMode.RECOMPUTE:
@@ -236,6 +245,8 @@ class StepRunner:
         for st in list(self.s.swapped):
             if len(self.s.running) >= limit or b.budget_left < 1:
                 return
+            if st.request_id in b.preempted_ids:
+                continue  # preempted in this very step: it waits for the next one
             todo = st.num_tokens_to_compute
             blocks = self.s.blocks_for(max(self.policy.reservation.admission_tokens(st, todo), st.num_tokens))
             if blocks > self.admittable():
