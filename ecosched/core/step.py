@@ -80,27 +80,40 @@ class StepRunner:
 
     # ---- phase: decodes (the hot loop) ----
     def _decodes(self, b: StepBuilder, states: list[RequestState]) -> list[RequestState]:
-        """Give each decoding request its one token; returns the running requests still in prefill."""
+        """Give each decoding request its one token; returns the running requests still in prefill.
+
+        The budget and the context count live in locals here and are written back around the slow
+        path (`_make_room`, which may take tokens back from preempted requests) and at the end."""
         prefilling = []
         decodes, generating, finishing = b.decodes, b.generating, b.finishing
+        budget, num_decoded = b.budget_left, 0
         for st in states:
             req = st.request
             computed = st.num_computed_tokens
-            if req.num_prompt_tokens + st.num_output_tokens - computed != 1:
+            output = st.num_output_tokens
+            if req.num_prompt_tokens + output - computed != 1:
                 prefilling.append(st)
                 continue
-            if b.budget_left < 1 or st.status is not _RUNNING:
+            if budget < 1 or st.status is not _RUNNING:
                 continue
-            if computed + 1 > st.watermark and not self._make_room(st, computed + 1, b):
-                continue
+            if computed >= st.watermark:  # the token would pass the watermark
+                b.budget_left = budget
+                self.s.num_context_tokens += num_decoded
+                num_decoded = 0
+                fits = self._make_room(st, computed + 1, b)
+                budget = b.budget_left
+                if not fits:
+                    continue
             st.num_computed_tokens = computed + 1
-            self.s.num_context_tokens += 1
-            b.budget_left -= 1
-            st.num_output_tokens += 1
+            st.num_output_tokens = output = output + 1
+            budget -= 1
+            num_decoded += 1
             decodes.append(req.request_id)
             generating.append(st)
-            if st.num_output_tokens >= req.max_output_tokens:
+            if output >= req.max_output_tokens:
                 finishing.append(st)
+        b.budget_left = budget
+        self.s.num_context_tokens += num_decoded
         return prefilling
 
     # ---- phase: running prefills ----
