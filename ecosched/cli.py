@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=10.0, help="arrival rate, requests/s (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the scenario (default: %(default)s)")
     demo.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    demo.add_argument("--config", help="YAML config replacing the scenario's built-in engine settings")
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
     demo.set_defaults(func=_demo)
 
     pol = sub.add_parser("policies", help="list the registered scheduling policies")
@@ -98,12 +102,12 @@ def _schema_lines(model: type, prefix: str) -> list[tuple[str, str]]:
 
 def _demo(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    configs = {name: demo_config(name, args.config, args.set) for name in policies}  # fail before running
     for name in policies:
-        POLICIES.get(name)  # fail before running anything
+        POLICIES.get(name)
     requests = synthetic_requests(args.num_requests, args.rate, args.seed)
     summaries = []
-    for name in policies:
-        config = demo_config(name)
+    for name, config in configs.items():
         result = drive(build_scheduler(config), requests)
         summaries.append(summarize(name, config, result))
     if args.json:
@@ -111,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     print(
         f"built-in scenario: {args.num_requests} requests, Poisson {args.rate}/s, "
-        f"{demo_config('vllm').cache.num_gpu_blocks} KV blocks; toy linear latency model"
+        f"{configs[policies[0]].cache.num_gpu_blocks} KV blocks; toy linear latency model"
     )
     cols = ("SLO met", "TTFT mean", "TTFT p99", "JCT mean", "JCT p99", "preempt", "tok/s")
     head = f"{'policy':10s} " + " ".join(f"{c:>9s}" for c in cols)

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ecosched.config import EcoschedConfig
+from ecosched.config import EcoschedConfig, load_config
 from ecosched.core.decision import Decision, StepOutcome, Stop
 from ecosched.core.request import Request, RequestRecord
 from ecosched.core.scheduler import Scheduler
@@ -103,16 +103,15 @@ def synthetic_requests(
     return out
 
 
-def demo_config(policy: str) -> EcoschedConfig:
+DEMO_OVERRIDES = ("cache.num_gpu_blocks=1500", "cache.num_cpu_blocks=1024", "predictor.kind=noisy-oracle")
+
+
+def demo_config(policy: str, path: str | None = None, overrides: Sequence[str] = ()) -> EcoschedConfig:
     """The built-in scenario's engine: a KV cache small enough that admission decisions matter, and
-    a predictor of known error (true length x exp(N(0, 0.3)))."""
-    return EcoschedConfig.model_validate(
-        {
-            "policy": policy,
-            "cache": {"num_gpu_blocks": 1500, "num_cpu_blocks": 1024, "max_model_len": 4096},
-            "predictor": {"kind": "noisy-oracle"},
-        }
-    )
+    a predictor of known error (true length x exp(N(0, 0.3))). A config file replaces these
+    built-in settings; `overrides` apply on top of either."""
+    base = [] if path is not None else list(DEMO_OVERRIDES)
+    return load_config(path, [*base, *overrides, f"policy={policy}"])
 
 
 @dataclass(frozen=True)
