@@ -131,7 +131,9 @@ class EcoServeConfig(_Strict):
         (32, 64, 128, 256, 512, 1024, 2048),
         description="Upper edges (tokens) of the predicted-RL buckets.",
     )
-    reserve_predicted: bool = Field(True, description="(3) Reserve prompt + padded predicted output at admission.")
+    reserve_predicted: bool = Field(
+        True, description="(3) Reserve prompt + padded predicted output at admission; off: incremental."
+    )
     pipelining: bool = Field(True, description="(4) Let requests run in reserved-but-unused blocks of running hosts.")
     pipelining_margin_tokens: int = Field(16, ge=0, description="(4) Safety margin b of the feasibility test.")
     kv_weight_s: float = Field(1.0, ge=0, description="(5) Priority seconds per fraction of KV cache held (0: off).")

@@ -78,8 +78,7 @@ class Admitter:
         if chunk < todo and not self.s.config.scheduler.chunked_prefill:
             self._refused = True
             return False
-        tokens = max(self.policy.reservation.admission_tokens(st, chunk), st.num_computed_tokens + chunk)
-        blocks = self.s.blocks_for(tokens)
+        blocks = self.runner.admission_blocks(st, chunk)
         host: RequestState | None = None
         if blocks <= self.runner.admittable():
             self.ledger.allocate(st.request_id, blocks)

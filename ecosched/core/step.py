@@ -261,7 +261,7 @@ class StepRunner:
             if st.request_id in b.preempted_ids:
                 continue  # preempted in this very step: it waits for the next one
             todo = st.num_tokens_to_compute
-            blocks = self.s.blocks_for(max(self.policy.reservation.admission_tokens(st, todo), st.num_tokens))
+            blocks = self.admission_blocks(st, todo)
             if blocks > self.admittable():
                 if self.policy.admission.skip_blocked:
                     continue
@@ -272,6 +272,14 @@ class StepRunner:
             self.s.enter_running(st)
             b.swapped_in.append(st.request_id)
             self.run_chunk(st, min(todo, b.budget_left), b, now_s)
+
+    def admission_blocks(self, st: RequestState, num_new_tokens: int) -> int:
+        """Blocks a request takes when it joins: the policy's reservation, at least what this step
+        computes, at most what the cache can give outside the global reserve (so a request that
+        needs nearly the whole cache can start; top-ups, which may use the reserve, bring the rest)."""
+        need = self.s.blocks_for(st.num_computed_tokens + num_new_tokens)
+        want = self.s.blocks_for(self.policy.reservation.admission_tokens(st, num_new_tokens))
+        return max(need, min(want, self.ledger.num_blocks - self.ledger.num_reserve_blocks))
 
     def admittable(self) -> int:
         """Blocks an admission may take now: outside the global reserve, and within the engine's own free count."""

@@ -65,7 +65,8 @@ class EcoOrder:
 
 @dataclass(frozen=True)
 class PredictedReservation:
-    """(3), (7): hold prompt + padded prediction; top up by a fraction of it before it runs out."""
+    """(3), (7): hold prompt + padded prediction; top up by a fraction of it before it runs out.
+    With (3) off, grow block by block (holding the whole prompt when prefills go first)."""
 
     c: EcoServeConfig
 
@@ -83,6 +84,10 @@ class PredictedReservation:
 
     def admission_tokens(self, state: RequestState, num_new_tokens: int) -> int:
         if not self.c.reserve_predicted:
+            if not self.c.decode_first:
+                # prefills first: like vLLM v0, hold the whole prompt, or running prefills can
+                # preempt one another forever while the decodes that hold the cache never run
+                return state.num_tokens
             return state.num_computed_tokens + num_new_tokens
         limit = state.request.num_prompt_tokens + state.request.max_output_tokens
         return min(limit, state.num_tokens + state.predicted_remaining_tokens)
