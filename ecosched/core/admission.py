@@ -14,6 +14,7 @@ Two shortcuts keep a full KV cache cheap, both exact (they never change a decisi
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from ecosched.core.decision import Admission
@@ -22,6 +23,9 @@ from ecosched.core.request import RequestState
 
 if TYPE_CHECKING:
     from ecosched.core.step import StepBuilder, StepRunner
+
+
+_NOTHING_FAILED = ((math.inf, math.inf), (math.inf, math.inf))  # dominates nothing
 
 
 class Admitter:
@@ -36,14 +40,17 @@ class Admitter:
         self._hosts: HostIndex | None = None
         # (blocks, host room needed) of the failed candidate needing the fewest blocks, and of the
         # one needing the least room: a candidate needing at least as much of both fails too
-        self._failed: list[tuple[int, int]] = []
+        self._failed: list[tuple[float, float]] = list(_NOTHING_FAILED)
         self._refused = False
+        self._max_room: int | None = None
+        self._host_pool: list[RequestState] = []
 
     def admit(self, b: StepBuilder, now_s: float, engine_free: int | None) -> None:
         state_key = (self.ledger.version, self.s.waiting.version, engine_free)
         if self._blocked is not None and self._blocked[:3] == state_key and b.budget_left >= self._blocked[3]:
             return
-        self._hosts, self._failed, self._refused = None, [], False
+        self._hosts, self._failed, self._refused, self._max_room = None, list(_NOTHING_FAILED), False, None
+        self._host_pool = list(self.s.running)  # hosts: what ran before this pass admitted anyone
         admitted_before = len(b.admitted)
         stopped_by_kv = self._scan(b, now_s)
         blocked = stopped_by_kv and len(b.admitted) == admitted_before and not self._refused
@@ -52,24 +59,33 @@ class Admitter:
     def _scan(self, b: StepBuilder, now_s: float) -> bool:
         """Admit in order; True if the scan ended on KV failures (or ran out of candidates)."""
         cfg = self.s.config.scheduler
+        running = self.s.running
         failures_left = cfg.max_admission_scan
         skip = self.policy.admission.skip_blocked
+        free = self.runner.admittable()
         for lst in self.s.waiting.buckets_by_head():
-            seats = cfg.max_num_seqs - len(self.s.running)
-            for _, st in lst[: failures_left + min(seats, b.budget_left)]:
-                if len(self.s.running) >= cfg.max_num_seqs or b.budget_left < 1:
+            for _, st in lst[: failures_left + min(cfg.max_num_seqs - len(running), b.budget_left)]:
+                if len(running) >= cfg.max_num_seqs or b.budget_left < 1:
                     return False
                 if st.request_id in b.preempted_ids:
                     self._refused = True  # it may join next step: not a KV verdict to remember
                     continue
-                if self._try(st, b, now_s):
+                hint = st.admit_hint or self._hint(st)
+                # the cheap verdict first: no chunk size fits the free pool and no host can lend
+                if (hint[0] <= free or self._may_borrow(*hint)) and self._try(st, hint[1], b, now_s):
+                    free = self.runner.admittable()
                     continue
                 failures_left -= 1
                 if not skip or failures_left <= 0:
                     return True
         return True
 
-    def _try(self, st: RequestState, b: StepBuilder, now_s: float) -> bool:
+    def _hint(self, st: RequestState) -> tuple[int, int]:
+        """(fewest blocks `st` can be admitted with, host room it needs to borrow): fixed while it waits."""
+        st.admit_hint = (self.runner.admission_blocks(st, 1), self._host_room_needed(st))
+        return st.admit_hint
+
+    def _try(self, st: RequestState, need: int, b: StepBuilder, now_s: float) -> bool:
         if not self.policy.admission.allows(st, self.s):
             self._refused = True
             return False
@@ -82,7 +98,7 @@ class Admitter:
         host: RequestState | None = None
         if blocks <= self.runner.admittable():
             self.ledger.allocate(st.request_id, blocks)
-        elif self.policy.admission.pipelining and (host := self._find_host(st, blocks)) is not None:
+        elif self.policy.admission.pipelining and (host := self._find_host(st, blocks, need)) is not None:
             self.ledger.borrow(st.request_id, host.request_id, blocks)
             host.watermark = self.runner.watermark(host, self.s.blocks_for(host.num_computed_tokens))
             assert self._hosts is not None
@@ -97,17 +113,31 @@ class Admitter:
         b.admitted.append(Admission(st.request_id, blocks, None if host is None else host.request_id))
         return self.runner.run_chunk(st, chunk, b, now_s)
 
-    def _find_host(self, guest: RequestState, blocks: int) -> RequestState | None:
-        margin = self.policy.admission.margin_tokens
-        need = guest.num_tokens + 2 * guest.predicted_remaining_tokens + margin
-        if any(blocks >= fb and need >= fn for fb, fn in self._failed):
+    def _host_room_needed(self, guest: RequestState) -> int:
+        """p_i + 2 o_i + b: the free room a host needs to carry `guest` (see `pipelining`)."""
+        return guest.num_tokens + 2 * guest.predicted_remaining_tokens + self.policy.admission.margin_tokens
+
+    def _may_borrow(self, blocks: int, need: int) -> bool:
+        """False when no host can lend: pipelining is off, a smaller request already failed, or no
+        running request has the room (an upper bound, computed once per pass: rooms only shrink)."""
+        if not self.policy.admission.pipelining or self._dominated(blocks, need):
+            return False
+        if self._max_room is None:
+            rooms = (h.capacity_tokens - h.num_computed_tokens for h in self._host_pool)
+            self._max_room = max(rooms, default=-1)
+        return need <= self._max_room
+
+    def _dominated(self, blocks: int, need: int) -> bool:
+        (b0, n0), (b1, n1) = self._failed
+        return (blocks >= b0 and need >= n0) or (blocks >= b1 and need >= n1)
+
+    def _find_host(self, guest: RequestState, blocks: int, need: int) -> RequestState | None:
+        if self._dominated(blocks, need):
             return None
         if self._hosts is None:
-            self._hosts = HostIndex(self.s.running, self.ledger)
-        host = self._hosts.best_fit(guest, blocks, margin)
+            self._hosts = HostIndex(self._host_pool, self.ledger)
+        host = self._hosts.best_fit(guest, blocks, self.policy.admission.margin_tokens)
         if host is None:
-            if not self._failed:
-                self._failed = [(blocks, need), (blocks, need)]
             if blocks < self._failed[0][0]:
                 self._failed[0] = (blocks, need)
             if need < self._failed[1][1]:

@@ -107,6 +107,7 @@ class RequestState:
         "status",
         "watermark",
         "capacity_tokens",
+        "admit_hint",
     )
 
     def __init__(self, request: Request, slo: SLOClass, predicted: int, padded: int, bucket: int) -> None:
@@ -126,6 +127,8 @@ class RequestState:
         # KV capacity in tokens as of the last time the scheduler sized this request (a lower bound:
         # capacity only grows behind its back, when a guest leaves).
         self.capacity_tokens = 0
+        # (fewest blocks it can be admitted with, host room it needs to borrow): fixed while waiting
+        self.admit_hint: tuple[int, int] | None = None
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.last_token_s = 0.0

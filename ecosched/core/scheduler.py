@@ -260,6 +260,7 @@ class Scheduler:
     def requeue(self, state: RequestState, to_swapped: bool) -> None:
         """Move a running request back to the PT queue (recompute) or the GT queue (swapped)."""
         self._leave_running(state)
+        state.admit_hint = None
         if to_swapped:
             state.status = RequestStatus.SWAPPED
             state.num_swaps += 1
