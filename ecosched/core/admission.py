@@ -14,6 +14,7 @@ Two shortcuts keep a full KV cache cheap, both exact (they never change a decisi
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING
 
@@ -52,11 +53,14 @@ class Admitter:
         self._hosts, self._failed, self._refused, self._max_room = None, list(_NOTHING_FAILED), False, None
         self._host_pool = list(self.s.running)  # hosts: what ran before this pass admitted anyone
         admitted_before = len(b.admitted)
-        stopped_by_kv = self._scan(b, now_s)
+        joined: list[RequestState] = []
+        stopped_by_kv = self._scan(b, now_s, joined)
+        for st in joined:  # taken off the queue after the scan, which iterates the queue itself
+            self.s.waiting.remove(st)
         blocked = stopped_by_kv and len(b.admitted) == admitted_before and not self._refused
         self._blocked = (*state_key, b.budget_left) if blocked else None
 
-    def _scan(self, b: StepBuilder, now_s: float) -> bool:
+    def _scan(self, b: StepBuilder, now_s: float, joined: list[RequestState]) -> bool:
         """Admit in order; True if the scan ended on KV failures (or ran out of candidates)."""
         cfg = self.s.config.scheduler
         running = self.s.running
@@ -64,7 +68,7 @@ class Admitter:
         skip = self.policy.admission.skip_blocked
         free = self.runner.admittable()
         for lst in self.s.waiting.buckets_by_head():
-            for _, st in lst[: failures_left + min(cfg.max_num_seqs - len(running), b.budget_left)]:
+            for _, st in itertools.islice(lst, failures_left + min(cfg.max_num_seqs - len(running), b.budget_left)):
                 if len(running) >= cfg.max_num_seqs or b.budget_left < 1:
                     return False
                 if st.request_id in b.preempted_ids:
@@ -73,6 +77,7 @@ class Admitter:
                 hint = st.admit_hint or self._hint(st)
                 # the cheap verdict first: no chunk size fits the free pool and no host can lend
                 if (hint[0] <= free or self._may_borrow(*hint)) and self._try(st, hint[1], b, now_s):
+                    joined.append(st)
                     free = self.runner.admittable()
                     continue
                 failures_left -= 1
@@ -106,12 +111,13 @@ class Admitter:
             self.s.stats.num_pipelined += 1
         else:
             return False
-        self.s.waiting.remove(st)
         self.s.enter_running(st)
         self.s.stats.num_admitted += 1
         st.admit_seq = self.s.stats.num_admitted
         b.admitted.append(Admission(st.request_id, blocks, None if host is None else host.request_id))
-        return self.runner.run_chunk(st, chunk, b, now_s)
+        started = self.runner.run_chunk(st, chunk, b, now_s)
+        assert started, "a fresh admission holds at least the blocks of its first chunk"
+        return True
 
     def _host_room_needed(self, guest: RequestState) -> int:
         """p_i + 2 o_i + b: the free room a host needs to carry `guest` (see `pipelining`)."""

@@ -87,6 +87,9 @@ class RequestState:
     """The scheduler's mutable view of one request. Adapters read it; only the scheduler writes it."""
 
     __slots__ = (
+        "request_id",
+        "num_prompt_tokens",
+        "max_output_tokens",
         "admit_seq",
         "bucket",
         "first_scheduled_s",
@@ -112,6 +115,10 @@ class RequestState:
 
     def __init__(self, request: Request, slo: SLOClass, predicted: int, padded: int, bucket: int) -> None:
         self.request = request
+        # copies of the request's fields the hot loops read on every step
+        self.request_id = request.request_id
+        self.num_prompt_tokens = request.num_prompt_tokens
+        self.max_output_tokens = request.max_output_tokens
         self.slo = slo
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
@@ -138,13 +145,9 @@ class RequestState:
         self.num_swaps = 0
 
     @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    @property
     def num_tokens(self) -> int:
         """Prompt plus output tokens known so far."""
-        return self.request.num_prompt_tokens + self.num_output_tokens
+        return self.num_prompt_tokens + self.num_output_tokens
 
     @property
     def num_tokens_to_compute(self) -> int:
@@ -190,5 +193,5 @@ class RequestState:
     def __repr__(self) -> str:
         return (
             f"RequestState({self.request_id!r}, {self.status.name}, computed={self.num_computed_tokens}, "
-            f"output={self.num_output_tokens}/{self.request.max_output_tokens}, padded={self.padded_output_tokens})"
+            f"output={self.num_output_tokens}/{self.max_output_tokens}, padded={self.padded_output_tokens})"
         )

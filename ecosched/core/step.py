@@ -88,10 +88,9 @@ class StepRunner:
         decodes, generating, finishing = b.decodes, b.generating, b.finishing
         budget, num_decoded = b.budget_left, 0
         for st in states:
-            req = st.request
             computed = st.num_computed_tokens
             output = st.num_output_tokens
-            if req.num_prompt_tokens + output - computed != 1:
+            if st.num_prompt_tokens + output - computed != 1:
                 prefilling.append(st)
                 continue
             if budget < 1 or st.status is not _RUNNING:
@@ -108,9 +107,9 @@ class StepRunner:
             st.num_output_tokens = output = output + 1
             budget -= 1
             num_decoded += 1
-            decodes.append(req.request_id)
+            decodes.append(st.request_id)
             generating.append(st)
-            if output >= req.max_output_tokens:
+            if output >= st.max_output_tokens:
                 finishing.append(st)
         b.budget_left = budget
         self.s.num_context_tokens += num_decoded
@@ -151,7 +150,7 @@ class StepRunner:
         if samples:
             st.num_output_tokens += 1
             b.generating.append(st)
-            if st.num_output_tokens >= st.request.max_output_tokens:
+            if st.num_output_tokens >= st.max_output_tokens:
                 b.finishing.append(st)
         return True
 

@@ -89,7 +89,7 @@ class PredictedReservation:
                 # preempt one another forever while the decodes that hold the cache never run
                 return state.num_tokens
             return state.num_computed_tokens + num_new_tokens
-        limit = state.request.num_prompt_tokens + state.request.max_output_tokens
+        limit = state.num_prompt_tokens + state.max_output_tokens
         return min(limit, state.num_tokens + state.predicted_remaining_tokens)
 
     def topup_tokens(self, state: RequestState) -> int:

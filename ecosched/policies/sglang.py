@@ -37,7 +37,7 @@ class NewTokenRatioAdmission:
         self._room_tokens = 0
 
     def _future_tokens(self, state: RequestState) -> int:
-        return min(state.request.max_output_tokens - state.num_output_tokens, self.config.clip_max_new_tokens)
+        return min(state.max_output_tokens - state.num_output_tokens, self.config.clip_max_new_tokens)
 
     def on_step(self, scheduler: Scheduler) -> None:
         """Decay the ratio and compute the room left for admissions in this step."""
@@ -56,7 +56,7 @@ class NewTokenRatioAdmission:
 
     def on_preempt(self, scheduler: Scheduler, victim: RequestState) -> None:
         running = [s for s in scheduler.running if s is not victim]
-        total_max = sum(s.request.max_output_tokens for s in running)
+        total_max = sum(s.max_output_tokens for s in running)
         if total_max == 0:
             return
         decoded = sum(s.num_output_tokens for s in running)
@@ -65,7 +65,7 @@ class NewTokenRatioAdmission:
 
 
 def fewest_output_then_longest_prompt(state: RequestState) -> tuple[float, ...]:
-    return (-state.num_output_tokens, state.request.num_prompt_tokens, state.admit_seq)
+    return (-state.num_output_tokens, state.num_prompt_tokens, state.admit_seq)
 
 
 @POLICIES.register("sglang", DESCRIPTION)
