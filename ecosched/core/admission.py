@@ -1,6 +1,8 @@
 """The PT-queue phase of a step: admitting waiting requests with their reservation.
 
-Candidates come best bucket first (time-synced batching), best key first within a bucket. Each gets
+Candidates come best bucket first (time-synced batching), best key first within a bucket; the
+requests one step admits from one bucket form a GT group. NOTE: EcoServe's exact grouping rule is
+not available; a bucket drained in priority order, best head first, is our reconstruction. Each gets
 its reservation from the free pool outside the global reserve or, failing that, borrows from a
 pipelining host. A request that does not fit is skipped or blocks the queue, as the policy says.
 
@@ -114,6 +116,7 @@ class Admitter:
         self.s.enter_running(st)
         self.s.stats.num_admitted += 1
         st.admit_seq = self.s.stats.num_admitted
+        st.group = (self.s.step_id, st.bucket)
         b.admitted.append(Admission(st.request_id, blocks, None if host is None else host.request_id))
         started = self.runner.run_chunk(st, chunk, b, now_s)
         assert started, "a fresh admission holds at least the blocks of its first chunk"

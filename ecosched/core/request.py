@@ -91,6 +91,7 @@ class RequestState:
         "num_prompt_tokens",
         "max_output_tokens",
         "admit_seq",
+        "group",
         "bucket",
         "first_scheduled_s",
         "first_token_s",
@@ -129,6 +130,9 @@ class RequestState:
         self.group_id = -1
         self.order_key: tuple[float, ...] = ()
         self.admit_seq = -1
+        # time-synced GT group: (step admitted in, predicted-RL bucket); requests admitted together
+        # from one bucket are expected to finish, and free their KV, together
+        self.group: tuple[int, int] = (-1, bucket)
         # Computed-token count past which the scheduler must look at this request's KV again.
         self.watermark = 0
         # KV capacity in tokens as of the last time the scheduler sized this request (a lower bound:

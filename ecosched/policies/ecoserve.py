@@ -57,7 +57,8 @@ class EcoOrder:
         return (self._rank(state), score)
 
     def swapped_key(self, state: RequestState, num_cpu_blocks: int) -> tuple[float, ...]:
-        return (self._rank(state), -self.c.kv_weight_s * num_cpu_blocks / self.num_gpu_blocks, state.admit_seq)
+        kv = -self.c.kv_weight_s * num_cpu_blocks / self.num_gpu_blocks
+        return (self._rank(state), kv, *state.group, state.admit_seq)  # then a GT group resumes together
 
     def prefill_key(self, state: RequestState, num_used_blocks: int) -> tuple[float, ...] | None:
         return (self._rank(state), -self.c.kv_weight_s * num_used_blocks / self.num_gpu_blocks)

@@ -113,6 +113,22 @@ def test_2_a_step_admits_one_predicted_length_bucket_together(time_synced: bool)
     assert ids(d.admitted) == (head_bucket[:seats] if time_synced else by_priority[:seats])
 
 
+def test_2_requests_admitted_together_from_one_bucket_form_a_group() -> None:
+    s = eco(64, scheduler={"max_num_seqs": 8})
+    for rid, predicted in {"A": 20, "B": 25, "C": 100}.items():
+        s.add_request(req(rid), Prediction(predicted))
+    s.schedule(0.0)
+    s.add_request(req("D", arrival=0.5), Prediction(22))
+    later = s.schedule(0.5)
+
+    assert ids(later.admitted) == ["D"]
+    group = {rid: s.get(rid).group for rid in "ABCD"}
+    assert group["A"] == group["B"]  # same step, same bucket
+    assert group["C"] != group["A"]  # same step, another bucket
+    assert group["D"] != group["A"]  # same bucket, a later step
+    assert group["D"][1] == group["A"][1]
+
+
 # ---------------------------------------------------------------- (3) reservation for the predicted length
 @pytest.mark.parametrize("reserve_predicted", [True, False])
 def test_3_admission_reserves_prompt_plus_predicted_output(reserve_predicted: bool) -> None:
