@@ -56,7 +56,7 @@ class SchedulerStats:
     num_steps: int = 0
     num_admitted: int = 0
     num_pipelined: int = 0
-    num_topups: int = 0
+    num_topups: int = 0  # capacity grown while running (for incremental policies: every new block)
     num_swaps: int = 0
     num_recomputes: int = 0
     num_finished: int = 0
@@ -317,6 +317,5 @@ class Scheduler:
         for state in self.waiting:
             assert state.request_id not in holders and state.status is RequestStatus.WAITING, state
         for state in self.swapped:
-            assert (state.request_id not in holders and self.ledger.cpu_blocks(state.request_id) > 0) or (
-                state.num_computed_tokens == 0
-            ), state
+            assert state.request_id not in holders and state.status is RequestStatus.SWAPPED, state
+            assert self.ledger.cpu_blocks(state.request_id) == self.blocks_for(state.num_computed_tokens), state
