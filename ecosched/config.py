@@ -104,6 +104,9 @@ class PredictorConfig(_Strict):
     constant_tokens: int = Field(256, ge=1, description="Prediction of the `constant` predictor.")
     noise_sigma: float = Field(0.3, ge=0, description="Log-normal sigma of the `noisy-oracle` multiplicative error.")
     seed: int = Field(0, description="Seed of the noisy oracle's random generator.")
+    warning_interval_s: float = Field(
+        60.0, ge=0, description="At most one predictor-failure warning per this many seconds of arrivals."
+    )
     fallback_tokens: int = Field(256, ge=1, description="Length used when the predictor fails for a request.")
     padding: PaddingConfig = Field(default_factory=PaddingConfig)
 
@@ -145,7 +148,9 @@ class EcoServeConfig(_Strict):
     proactive_topup: bool = Field(
         True, description="(7) Extend reservations before they run out, from a global reserve."
     )
-    topup_lookahead_steps: int = Field(4, ge=0, description="(7) Top up when fewer tokens than this remain reserved.")
+    topup_lookahead_steps: int = Field(
+        4, ge=0, description="(7) Top up when fewer than this many decode steps (one token each) remain reserved."
+    )
     topup_fraction: float = Field(
         0.25, gt=0, description="(7) Top-up size as a fraction of the padded predicted output."
     )

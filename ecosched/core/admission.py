@@ -98,7 +98,7 @@ class Admitter:
             return False
         todo = st.num_tokens_to_compute
         chunk = min(todo, b.budget_left)
-        if chunk < todo and not self.s.config.scheduler.chunked_prefill:
+        if chunk < todo and not self.runner.may_chunk(st):
             self._refused = True
             return False
         blocks = self.runner.admission_blocks(st, chunk)

@@ -90,6 +90,11 @@ class Admission(Protocol):
 class Budget(Protocol):
     """Tokens one step may carry."""
 
+    @property
+    def max_tokens(self) -> int:
+        """The largest budget it ever gives (a prompt over it cannot run unchunked)."""
+        ...
+
     def token_budget(self, scheduler: Scheduler) -> int: ...
 
 

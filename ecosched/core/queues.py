@@ -23,6 +23,7 @@ class BucketedQueue:
         self._lists: dict[int, list[tuple[tuple[float, ...], RequestState]]] = {}
         self._size = 0
         self._seq = 0
+        self._removals = 0
 
     def __len__(self) -> int:
         return self._size
@@ -34,8 +35,8 @@ class BucketedQueue:
 
     @property
     def version(self) -> int:
-        """Grows with every push: a queue that did not change since a failed scan has the same version."""
-        return self._seq
+        """Grows with every push and removal: a queue with the same version has not changed."""
+        return self._seq + self._removals
 
     def push(self, state: RequestState, key: tuple[float, ...]) -> None:
         self._seq += 1
@@ -54,6 +55,7 @@ class BucketedQueue:
         if not lst:
             del self._lists[bucket]
         self._size -= 1
+        self._removals += 1
 
     def __contains__(self, state: RequestState) -> bool:
         lst = self._lists.get(self._bucket(state), [])

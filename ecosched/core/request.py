@@ -95,7 +95,6 @@ class RequestState:
         "bucket",
         "first_scheduled_s",
         "first_token_s",
-        "group_id",
         "last_token_s",
         "max_tbt_s",
         "num_computed_tokens",
@@ -127,7 +126,6 @@ class RequestState:
         self.predicted_output_tokens = predicted
         self.padded_output_tokens = padded
         self.bucket = bucket
-        self.group_id = -1
         self.order_key: tuple[float, ...] = ()
         self.admit_seq = -1
         # time-synced GT group: (step admitted in, predicted-RL bucket); requests admitted together

@@ -48,6 +48,8 @@ from ecosched.errors import (
 
 logger = logging.getLogger(__name__)
 
+_ENDED = (RequestStatus.FINISHED, RequestStatus.ABORTED)
+
 
 @dataclass
 class SchedulerStats:
@@ -151,6 +153,12 @@ class Scheduler:
                 f"request {r.request_id!r}: {total} tokens need {self.blocks_for(total)} KV blocks, the cache has "
                 f"{self.ledger.num_blocks} ({self.ledger.num_reserve_blocks} kept as reserve)"
             )
+        budget = self.policy.budget.max_tokens
+        if not self.config.scheduler.chunked_prefill and r.num_prompt_tokens > budget:
+            raise InvalidRequestError(
+                f"request {r.request_id!r}: prompt ({r.num_prompt_tokens}) exceeds the per-step token budget "
+                f"({budget}) and chunked prefill is off"
+            )
         name = r.slo_class or self.config.slo.default_class
         if name not in self.slo_classes:
             raise InvalidRequestError(
@@ -167,7 +175,7 @@ class Scheduler:
         except Exception as exc:  # a predictor failure must never fail a request
             self.stats.num_predictor_failures += len(requests)
             now = requests[0].arrival_s if requests else 0.0
-            if now - self._last_predictor_warning_s >= 60.0:
+            if now - self._last_predictor_warning_s >= self.config.predictor.warning_interval_s:
                 self._last_predictor_warning_s = now
                 logger.warning(
                     "predictor %s failed (%s); using %d tokens",
@@ -198,7 +206,6 @@ class Scheduler:
         state = self.requests.get(request_id)
         if state is None:
             raise UnknownRequestError(f"abort: request {request_id!r} is not known (never added, or already ended)")
-        self.stats.num_aborted += 1
         return self._end(state, now_s, FinishReason.ABORT)
 
     # ---- one step ----
@@ -224,20 +231,26 @@ class Scheduler:
             )
         now = outcome.now_s
         for state in flight.generating:
-            if state.status in (RequestStatus.RUNNING, RequestStatus.FINISHING):
+            if state.status not in _ENDED:  # preempted since, the token still reached the caller
                 state.record_token(now)
         ended = []
         for stop in outcome.stops:
             stopped = self.requests.get(stop.request_id)
-            if stopped is None:
-                continue  # aborted or ended while the step ran
+            if stopped is None or (stopped not in flight.generating and stop.reason is not FinishReason.ABORT):
+                continue  # ended while the step ran, or the id now names a newer request
             if stop.num_output_tokens is not None:
                 stopped.num_output_tokens = stop.num_output_tokens
+            else:  # tokens counted for later steps already scheduled (async engines) never came
+                stopped.num_output_tokens -= self._later_tokens(stopped, outcome.step_id)
             ended.append(self._end(stopped, now, stop.reason))
         for state in flight.finishing:
             if state.status is RequestStatus.FINISHING:
                 ended.append(self._end(state, now, FinishReason.LENGTH))
         return ended
+
+    def _later_tokens(self, state: RequestState, step_id: int) -> int:
+        """Output tokens `state` was given in steps scheduled after `step_id` and still in flight."""
+        return sum(1 for sid, flight in self._in_flight.items() if sid > step_id and state in flight.generating)
 
     # ---- bookkeeping the step runner shares ----
     def blocks_for(self, num_tokens: int) -> int:
@@ -287,6 +300,7 @@ class Scheduler:
         del self.requests[state.request_id]
         if reason is FinishReason.ABORT:
             state.status = RequestStatus.ABORTED
+            self.stats.num_aborted += 1
         else:
             state.status = RequestStatus.FINISHED
             self.stats.num_finished += 1

@@ -123,14 +123,13 @@ class StepRunner:
         ]
         if any(k is not None for k, _, _ in keyed):
             keyed.sort(key=lambda item: (item[0] or (), item[1]))
-        chunked = self.s.config.scheduler.chunked_prefill
         for _, _, st in keyed:
             if b.budget_left < 1:
                 return
             if st.status is not _RUNNING:
                 continue
             todo = st.num_tokens_to_compute
-            if todo > b.budget_left and not chunked:
+            if todo > b.budget_left and not self.may_chunk(st):
                 continue
             self.run_chunk(st, min(todo, b.budget_left), b, now_s)
 
@@ -279,6 +278,11 @@ class StepRunner:
         need = self.s.blocks_for(st.num_computed_tokens + num_new_tokens)
         want = self.s.blocks_for(self.policy.reservation.admission_tokens(st, num_new_tokens))
         return max(need, min(want, self.ledger.num_blocks - self.ledger.num_reserve_blocks))
+
+    def may_chunk(self, st: RequestState) -> bool:
+        """Whether `st`'s work may be split across steps: with chunked prefill, or when it is a
+        recompute (prompt and output together may exceed any step's budget)."""
+        return self.s.config.scheduler.chunked_prefill or st.num_output_tokens > 0
 
     def admittable(self) -> int:
         """Blocks an admission may take now: outside the global reserve, and within the engine's own free count."""

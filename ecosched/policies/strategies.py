@@ -80,6 +80,10 @@ class FixedBudget:
 
     num_tokens: int
 
+    @property
+    def max_tokens(self) -> int:
+        return self.num_tokens
+
     def token_budget(self, scheduler: Scheduler) -> int:
         return self.num_tokens
 
