@@ -21,7 +21,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ecosched.core.decision import Admission
-from ecosched.core.pipelining import HostIndex
+from ecosched.core.pipelining import HostIndex, room, room_needed
 from ecosched.core.request import RequestState
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class Admitter:
 
     def _hint(self, st: RequestState) -> tuple[int, int]:
         """(fewest blocks `st` can be admitted with, host room it needs to borrow): fixed while it waits."""
-        st.admit_hint = (self.runner.admission_blocks(st, 1), self._host_room_needed(st))
+        st.admit_hint = (self.runner.admission_blocks(st, 1), room_needed(st, self.policy.admission.margin_tokens))
         return st.admit_hint
 
     def _try(self, st: RequestState, need: int, b: StepBuilder, now_s: float) -> bool:
@@ -105,7 +105,7 @@ class Admitter:
         host: RequestState | None = None
         if blocks <= self.runner.admittable():
             self.ledger.allocate(st.request_id, blocks)
-        elif self.policy.admission.pipelining and (host := self._find_host(st, blocks, need)) is not None:
+        elif self.policy.admission.pipelining and (host := self._find_host(blocks, need)) is not None:
             self.ledger.borrow(st.request_id, host.request_id, blocks)
             host.watermark = self.runner.watermark(host, self.s.blocks_for(host.num_computed_tokens))
             assert self._hosts is not None
@@ -122,30 +122,25 @@ class Admitter:
         assert started, "a fresh admission holds at least the blocks of its first chunk"
         return True
 
-    def _host_room_needed(self, guest: RequestState) -> int:
-        """p_i + 2 o_i + b: the free room a host needs to carry `guest` (see `pipelining`)."""
-        return guest.num_tokens + 2 * guest.predicted_remaining_tokens + self.policy.admission.margin_tokens
-
     def _may_borrow(self, blocks: int, need: int) -> bool:
         """False when no host can lend: pipelining is off, a smaller request already failed, or no
         running request has the room (an upper bound, computed once per pass: rooms only shrink)."""
         if not self.policy.admission.pipelining or self._dominated(blocks, need):
             return False
         if self._max_room is None:
-            rooms = (h.capacity_tokens - h.num_computed_tokens for h in self._host_pool)
-            self._max_room = max(rooms, default=-1)
+            self._max_room = max(map(room, self._host_pool), default=-1)
         return need <= self._max_room
 
     def _dominated(self, blocks: int, need: int) -> bool:
         (b0, n0), (b1, n1) = self._failed
         return (blocks >= b0 and need >= n0) or (blocks >= b1 and need >= n1)
 
-    def _find_host(self, guest: RequestState, blocks: int, need: int) -> RequestState | None:
+    def _find_host(self, blocks: int, need: int) -> RequestState | None:
         if self._dominated(blocks, need):
             return None
         if self._hosts is None:
             self._hosts = HostIndex(self._host_pool, self.ledger)
-        host = self._hosts.best_fit(guest, blocks, self.policy.admission.margin_tokens)
+        host = self._hosts.best_fit(need, blocks)
         if host is None:
             if blocks < self._failed[0][0]:
                 self._failed[0] = (blocks, need)

@@ -24,6 +24,16 @@ from ecosched.core.ledger import BlockLedger
 from ecosched.core.request import RequestState, RequestStatus
 
 
+def room(host: RequestState) -> int:
+    """r_j: the tokens a host can still hold (its capacity less its computed tokens)."""
+    return host.capacity_tokens - host.num_computed_tokens
+
+
+def room_needed(guest: RequestState, margin_tokens: int) -> int:
+    """p_i + 2 o_i + b: the room a host needs to carry `guest`."""
+    return guest.num_tokens + 2 * guest.predicted_remaining_tokens + margin_tokens
+
+
 class HostIndex:
     """Running requests sorted by free room r_j = capacity tokens - computed tokens."""
 
@@ -31,11 +41,10 @@ class HostIndex:
         self.ledger = ledger
         self._hosts = [h for h in running if h.status is RequestStatus.RUNNING]
         # (room, index into _hosts), sorted
-        self._rooms = sorted((h.capacity_tokens - h.num_computed_tokens, k) for k, h in enumerate(self._hosts))
+        self._rooms = sorted((room(h), k) for k, h in enumerate(self._hosts))
 
-    def best_fit(self, guest: RequestState, num_blocks: int, margin_tokens: int) -> RequestState | None:
-        """The feasible host with the least slack that can lend `num_blocks` blocks, or None."""
-        need = guest.num_tokens + 2 * guest.predicted_remaining_tokens + margin_tokens
+    def best_fit(self, need: int, num_blocks: int) -> RequestState | None:
+        """The feasible host (room >= `need`) with the least slack that can lend `num_blocks`, or None."""
         for i in range(bisect.bisect_left(self._rooms, (need, -1)), len(self._rooms)):
             host = self._hosts[self._rooms[i][1]]
             if self.ledger.spare_blocks(host.request_id) >= num_blocks:
@@ -49,4 +58,4 @@ class HostIndex:
             if kk == k:
                 del self._rooms[i]
                 break
-        bisect.insort(self._rooms, (host.capacity_tokens - host.num_computed_tokens, k))
+        bisect.insort(self._rooms, (room(host), k))
