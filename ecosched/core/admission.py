@@ -118,6 +118,7 @@ class Admitter:
         st.admit_seq = self.s.stats.num_admitted
         st.group = (self.s.step_id, st.bucket)
         b.admitted.append(Admission(st.request_id, blocks, None if host is None else host.request_id))
+        self.policy.admission.on_admit(self.s, st)
         started = self.runner.run_chunk(st, chunk, b, now_s)
         assert started, "a fresh admission holds at least the blocks of its first chunk"
         return True

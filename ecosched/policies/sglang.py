@@ -46,13 +46,16 @@ class NewTokenRatioAdmission:
         free_tokens = scheduler.ledger.num_admittable_blocks * scheduler.block_size
         self._room_tokens = int(free_tokens - promised)
 
+    def _need(self, state: RequestState) -> int:
+        return state.num_tokens_to_compute + self._future_tokens(state)
+
     def allows(self, state: RequestState, scheduler: Scheduler) -> bool:
-        """Admit if the request's tokens fit the room; the room shrinks by what it admits."""
-        need = state.num_tokens_to_compute + self._future_tokens(state)
-        if need > self._room_tokens:
-            return False
-        self._room_tokens -= need
-        return True
+        """Whether the request's tokens fit the room left in this step."""
+        return self._need(state) <= self._room_tokens
+
+    def on_admit(self, scheduler: Scheduler, state: RequestState) -> None:
+        """The room shrinks by what the step admitted (asked before the request's first chunk runs)."""
+        self._room_tokens -= self._need(state)
 
     def on_preempt(self, scheduler: Scheduler, victim: RequestState) -> None:
         running = [s for s in scheduler.running if s is not victim]

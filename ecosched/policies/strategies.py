@@ -70,6 +70,9 @@ class FitAdmission:
     def on_step(self, scheduler: Scheduler) -> None:
         return None
 
+    def on_admit(self, scheduler: Scheduler, state: RequestState) -> None:
+        return None
+
     def on_preempt(self, scheduler: Scheduler, victim: RequestState) -> None:
         return None
 
