@@ -6,12 +6,15 @@ not available; a bucket drained in priority order, best head first, is our recon
 its reservation from the free pool outside the global reserve or, failing that, borrows from a
 pipelining host. A request that does not fit is skipped or blocks the queue, as the policy says.
 
-Two shortcuts keep a full KV cache cheap, both exact (they never change a decision):
+Shortcuts keep a full KV cache cheap, all exact (they never change a decision):
+- Each waiting request carries its smallest footprint (`admit_hint`: the blocks of its smallest
+  admission, the host room it needs to borrow), fixed while it waits. One that fits neither the free
+  pool nor the largest host room of the pass (rooms only shrink within a pass) fails at once.
 - Within a pass, a candidate needing at least as many blocks and as much host room as one that
   already failed fails too: admissions only shrink free blocks and host room.
 - A pass that admitted nothing, refused only for lack of KV, is not repeated until the ledger gains
-  capacity (`ledger.version`), the queue gains a request (`waiting.version`), or the budget shrinks
-  (a smaller chunk needs fewer blocks; a larger one needs as many or more).
+  capacity (`ledger.version`), the queue changes (`waiting.version`: a push or a removal), or the
+  budget shrinks (a smaller chunk needs fewer blocks; a larger one needs as many or more).
 """
 
 from __future__ import annotations
