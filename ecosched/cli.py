@@ -12,9 +12,8 @@ import yaml
 
 from ecosched.config import EcoschedConfig, load_config
 from ecosched.errors import EcoschedError
-from ecosched.factory import PREDICTORS, build_scheduler
+from ecosched.factory import PREDICTORS
 from ecosched.policies import POLICIES
-from ecosched.scenario import demo_config, drive, summarize, synthetic_requests
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,21 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecosched", description="EcoServe-style scheduling for LLM serving.")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run a built-in scenario through every policy and compare them")
-    demo.add_argument(
-        "--policies",
-        default="vllm,sarathi,sglang,sjf,ecoserve,oracle",
-        help="comma-separated policies to compare (default: %(default)s)",
-    )
-    demo.add_argument("--num-requests", type=int, default=300, help="requests in the scenario (default: %(default)s)")
-    demo.add_argument("--rate", type=float, default=10.0, help="arrival rate, requests/s (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the scenario (default: %(default)s)")
-    demo.add_argument("--json", action="store_true", help="print the summaries as JSON")
-    demo.add_argument("--config", help="YAML config replacing the scenario's built-in engine settings")
-    demo.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
-    )
-    demo.set_defaults(func=_demo)
+    from ecosched.sim.cli import add_demo_parser, add_profile_parser, add_simulate_parser
+
+    add_demo_parser(sub)
+    add_simulate_parser(sub)
+    add_profile_parser(sub)
 
     pol = sub.add_parser("policies", help="list the registered scheduling policies")
     pol.set_defaults(func=lambda a: _list(POLICIES))
@@ -98,34 +87,6 @@ def _schema_lines(model: type, prefix: str) -> list[tuple[str, str]]:
             default = to_jsonable_python(field.get_default(call_default_factory=True))
             lines.append((path, f"{field.description or ''} [default: {json.dumps(default)}]"))
     return lines
-
-
-def _demo(args: argparse.Namespace) -> int:
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    configs = {name: demo_config(name, args.config, args.set) for name in policies}  # fail before running
-    for name in policies:
-        POLICIES.get(name)
-    requests = synthetic_requests(args.num_requests, args.rate, args.seed)
-    summaries = []
-    for name, config in configs.items():
-        result = drive(build_scheduler(config), requests)
-        summaries.append(summarize(name, config, result))
-    if args.json:
-        print(json.dumps([s.__dict__ for s in summaries], indent=2))
-        return 0
-    print(
-        f"built-in scenario: {args.num_requests} requests, Poisson {args.rate}/s, "
-        f"{configs[policies[0]].cache.num_gpu_blocks} KV blocks; toy linear latency model"
-    )
-    cols = ("SLO met", "TTFT mean", "TTFT p99", "JCT mean", "JCT p99", "preempt", "tok/s")
-    head = f"{'policy':10s} " + " ".join(f"{c:>9s}" for c in cols)
-    print(head)
-    for s in summaries:
-        print(
-            f"{s.policy:10s} {s.slo_attainment:9.1%} {s.mean_ttft_s:9.2f} {s.p99_ttft_s:9.2f} "
-            f"{s.mean_jct_s:9.2f} {s.p99_jct_s:9.2f} {s.num_preemptions:9d} {s.throughput_tokens_s:9.0f}"
-        )
-    return 0
 
 
 if __name__ == "__main__":

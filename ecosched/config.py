@@ -68,6 +68,12 @@ class SLOConfig(_Strict):
 
     classes: dict[str, SLOClassConfig] = Field(default_factory=_default_slo_classes, description="SLO classes by name.")
     default_class: str = Field("interactive", description="Class of requests that name none.")
+    tbt_quantile: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="A request meets its TBT target when this quantile of its token gaps is within it (1: every gap).",
+    )
 
     @model_validator(mode="after")
     def _default_exists(self) -> SLOConfig:

@@ -23,7 +23,7 @@ from ecosched.errors import (
     UnknownRequestError,
 )
 from ecosched.factory import build_scheduler
-from ecosched.scenario import drive
+from ecosched.sim.engine import run as drive
 
 POLICY_NAMES = ["ecoserve", "vllm", "vllm-priority", "sarathi", "sglang", "sjf", "oracle"]
 # 32 blocks of 16 tokens = 512 KV tokens, but a context of 1024: a request can be within the context

@@ -163,12 +163,12 @@ def test_checker_flags_forbidden_imports() -> None:
         "import numpy\n"
         "from ecosched.factory import build_scheduler\n"
         "from ecosched.core.ledger import BlockLedger\n"
-        "from ecosched import scenario\n"
+        "from ecosched.sim import engine\n"
     )
     core = import_violations(source, "ecosched.core.probe", "core")
     assert any("imports numpy" in p for p in core)
     assert any("imports ecosched.factory " in p for p in core)
-    assert any("imports ecosched.scenario " in p for p in core)
+    assert any("imports ecosched.sim.engine " in p for p in core)
     assert not any("ledger" in p for p in core)
     # The policies layer may use the registry; the core may not.
     assert import_violations("from ecosched.registry import Registry\n", "ecosched.policies.x", "policies") == []

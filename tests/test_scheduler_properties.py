@@ -28,7 +28,7 @@ from ecosched import (
     FinishReason,
     Request,
 )
-from ecosched.scenario import drive
+from ecosched.sim.engine import run as drive
 
 EXPECTED_POLICIES = {"vllm", "vllm-priority", "sarathi", "sglang", "sjf", "ecoserve", "oracle"}
 POLICY_NAMES = sorted(e.name for e in POLICIES)

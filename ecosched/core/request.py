@@ -160,18 +160,6 @@ class RequestState:
         """Padded predicted output still to come (0 once the prediction is exceeded)."""
         return max(0, self.padded_output_tokens - self.num_output_tokens)
 
-    def record_token(self, now_s: float) -> None:
-        """Note that an output token reached the caller at `now_s` (TTFT and TBT bookkeeping)."""
-        if self.first_token_s is None:
-            self.first_token_s = now_s
-        else:
-            gap = now_s - self.last_token_s
-            if gap > self.max_tbt_s:
-                self.max_tbt_s = gap
-            if gap > self.slo.tbt_s:
-                self.num_tbt_violations += 1
-        self.last_token_s = now_s
-
     def to_record(self, finished_s: float, reason: FinishReason) -> RequestRecord:
         r = self.request
         return RequestRecord(
@@ -197,3 +185,20 @@ class RequestState:
             f"RequestState({self.request_id!r}, {self.status.name}, computed={self.num_computed_tokens}, "
             f"output={self.num_output_tokens}/{self.max_output_tokens}, padded={self.padded_output_tokens})"
         )
+
+
+def record_tokens(states: list[RequestState], now_s: float) -> None:
+    """Note that one output token of each of `states` reached the caller at `now_s` (TTFT and TBT
+    bookkeeping). Requests that ended meanwhile are skipped. One call per step: this is a hot loop."""
+    for st in states:
+        if st.status is RequestStatus.FINISHED or st.status is RequestStatus.ABORTED:
+            continue  # preempted since is fine: the token still reached the caller
+        if st.first_token_s is None:
+            st.first_token_s = now_s
+        else:
+            gap = now_s - st.last_token_s
+            if gap > st.max_tbt_s:
+                st.max_tbt_s = gap
+            if gap > st.slo.tbt_s:
+                st.num_tbt_violations += 1
+        st.last_token_s = now_s

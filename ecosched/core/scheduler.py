@@ -35,6 +35,7 @@ from ecosched.core.request import (
     RequestState,
     RequestStatus,
     SLOClass,
+    record_tokens,
 )
 from ecosched.core.step import StepBuilder, StepRunner
 from ecosched.errors import (
@@ -230,9 +231,7 @@ class Scheduler:
                 f"outcome for step {outcome.step_id}, which is not in flight (in flight: {sorted(self._in_flight)})"
             )
         now = outcome.now_s
-        for state in flight.generating:
-            if state.status not in _ENDED:  # preempted since, the token still reached the caller
-                state.record_token(now)
+        record_tokens(flight.generating, now)
         ended = []
         for stop in outcome.stops:
             stopped = self.requests.get(stop.request_id)

@@ -1,0 +1,240 @@
+"""The simulated engine: runs the unchanged core against a step-time model in virtual time.
+
+One loop iteration is one engine step: requests that have arrived are added, the core decides
+(`schedule`), the engine model says how long the step takes (`step_time_s` of a calibrated profile,
+or the core's own `iteration_time_s`), swaps over the host link are added to that time, the clock
+advances, requests that reached their true length are reported as stopped, and the core is told
+(`update`). When nothing can run the clock jumps to the next arrival.
+
+Besides the core's per-request records the loop keeps what records cannot give: every inter-token
+gap (for token-level TBT percentiles), KV occupancy over time split into used, reserved-but-unused
+and free blocks, and the wall time the core spent per step.
+
+NOTE: swaps are charged to the step that performs them (the engine waits for the copy), as vLLM's
+v0 swapping engine did; an engine that overlaps copies with compute would be faster.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ecosched.core.decision import Decision, PrefillChunk, StepOutcome, Stop
+from ecosched.core.latency import LatencyModel
+from ecosched.core.request import PreemptMode, Request, RequestRecord, RequestState
+from ecosched.core.scheduler import Scheduler, SchedulerStats
+from ecosched.errors import EcoschedError, InvalidRequestError
+
+
+class StallError(EcoschedError):
+    """The scheduler kept unfinished requests but scheduled nothing, with no arrival to wait for."""
+
+
+class StepTimeModel(Protocol):
+    """A latency model that also knows the exact cost of a step's prefill chunks and sampled tokens."""
+
+    def iteration_time_s(self, num_batched_tokens: int, num_context_tokens: int) -> float: ...
+
+    def step_time_s(
+        self,
+        num_batched_tokens: int,
+        num_context_tokens: int,
+        prefill_chunks: Sequence[tuple[int, int]],
+        num_sampled: int,
+    ) -> float: ...
+
+    def swap_time_s(self, num_tokens: int) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KVSample:
+    """KV occupancy at one moment, in blocks."""
+
+    t_s: float
+    used: int
+    reserved_unused: int
+    free: int
+    num_running: int
+    num_waiting: int
+
+
+@dataclass
+class SimResult:
+    """Everything one run leaves behind."""
+
+    records: list[RequestRecord]
+    rejected: list[tuple[str, str]]  # (request id, why the core refused it)
+    num_steps: int
+    end_s: float
+    tbt_gaps_s: array[float]  # every gap between two consecutive output tokens of a request
+    kv_timeline: list[KVSample]
+    schedule_wall_s: array[float]  # wall time of each schedule() call
+    wall_s: float
+    stats: SchedulerStats
+    num_blocks: int
+    stopped_early: bool = False  # the run was cut short by `stop_when`
+    num_unfinished: int = 0  # requests left when it was cut short (never finished)
+    notes: list[str] = field(default_factory=list)
+
+
+def run(
+    scheduler: Scheduler,
+    requests: Sequence[Request],
+    *,
+    engine: LatencyModel | None = None,
+    kv_sample_interval_s: float = 1.0,
+    max_steps: int = 50_000_000,
+    on_step: Callable[[Decision], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    stop_when: Callable[[list[RequestRecord], float], bool] | None = None,
+) -> SimResult:
+    """Run `requests` (each with `true_output_tokens`) through `scheduler` until all have ended.
+
+    `engine` prices each step (default: the scheduler's own latency model). `on_progress(n)` is
+    called with the number of newly ended requests; `stop_when(records, now_s)` may cut the run
+    short (capacity search stops as soon as a rate has visibly failed).
+    """
+    model = engine if engine is not None else scheduler.latency_model
+    step_time = getattr(model, "step_time_s", None)
+    swap_time = getattr(model, "swap_time_s", None)
+    iteration_time = model.iteration_time_s
+    pending = sorted(requests, key=lambda r: r.arrival_s)
+    states = scheduler.requests
+    records: list[RequestRecord] = []
+    rejected: list[tuple[str, str]] = []
+    gaps: array[float] = array("d")
+    sched_wall: array[float] = array("d")
+    timeline: list[KVSample] = []
+    next_sample = 0.0
+    now, i, steps, n = 0.0, 0, 0, len(pending)
+    perf = time.perf_counter
+    wall0 = perf()
+    stopped_early = False
+    while i < n or scheduler.num_unfinished:
+        if i < n and pending[i].arrival_s <= now:
+            j = i
+            while j < n and pending[j].arrival_s <= now:
+                j += 1
+            _add(scheduler, pending[i:j], rejected)
+            i = j
+        if now >= next_sample:
+            timeline.append(_sample(scheduler, now))
+            next_sample = now + kv_sample_interval_s
+        t0 = perf()
+        decision = scheduler.schedule(now)
+        sched_wall.append(perf() - t0)
+        steps += 1
+        if on_step is not None:
+            on_step(decision)
+        if decision.is_empty:
+            scheduler.update(StepOutcome(decision.step_id, now))
+            if i == n:
+                raise StallError(f"{scheduler.num_unfinished} requests unfinished, nothing scheduled at t={now:.3f}s")
+            now = max(now, pending[i].arrival_s)
+            continue
+        tokens = decision.num_scheduled_tokens
+        context = scheduler.num_context_tokens
+        sampled_chunks = [c for c in decision.prefills if c.samples_token]
+        num_sampled = len(decision.decodes) + len(sampled_chunks)
+        if step_time is not None:
+            dt = step_time(tokens, context, [(c.start, c.num_tokens) for c in decision.prefills], num_sampled)
+        else:
+            dt = iteration_time(tokens, context)
+        if swap_time is not None and (decision.swapped_in or decision.preempted):
+            dt += swap_time(_swapped_tokens(scheduler, decision))
+        now += dt
+        stops = _stops_and_gaps(states, decision, sampled_chunks, now, gaps)
+        ended = scheduler.update(StepOutcome(decision.step_id, now, stops))
+        if ended:
+            records += ended
+            if on_progress is not None:
+                on_progress(len(ended))
+            if stop_when is not None and stop_when(records, now):
+                stopped_early = True
+                break
+        if steps >= max_steps:
+            raise StallError(f"no end after {max_steps} steps")
+    timeline.append(_sample(scheduler, now))
+    return SimResult(
+        records=records,
+        rejected=rejected,
+        num_steps=steps,
+        end_s=now,
+        tbt_gaps_s=gaps,
+        kv_timeline=timeline,
+        schedule_wall_s=sched_wall,
+        wall_s=perf() - wall0,
+        stats=scheduler.stats,
+        num_blocks=scheduler.ledger.num_blocks,
+        stopped_early=stopped_early,
+        num_unfinished=scheduler.num_unfinished + (n - i),
+    )
+
+
+def _add(scheduler: Scheduler, batch: Sequence[Request], rejected: list[tuple[str, str]]) -> None:
+    """Add arrivals in one batch; if the core refuses the batch, add one by one and note the refusals."""
+    try:
+        scheduler.add_requests(batch)
+    except InvalidRequestError:
+        for r in batch:
+            try:
+                scheduler.add_request(r)
+            except InvalidRequestError as exc:
+                rejected.append((r.request_id, str(exc)))
+
+
+def _sample(scheduler: Scheduler, now: float) -> KVSample:
+    ledger = scheduler.ledger
+    return KVSample(
+        now,
+        ledger.num_used_blocks,
+        ledger.num_reserved_unused_blocks,
+        ledger.num_free_blocks,
+        len(scheduler.running),
+        len(scheduler.waiting),
+    )
+
+
+def _swapped_tokens(scheduler: Scheduler, decision: Decision) -> int:
+    """KV tokens copied over the host link this step: swap-ins, and victims swapped out."""
+    states = scheduler.requests
+    total = 0
+    for rid in decision.swapped_in:
+        total += states[rid].num_computed_tokens
+    for p in decision.preempted:
+        if p.mode is PreemptMode.SWAP:
+            total += scheduler.ledger.cpu_blocks(p.request_id) * scheduler.block_size
+    return total
+
+
+def _stops_and_gaps(
+    states: dict[str, RequestState],
+    decision: Decision,
+    sampled_chunks: list[PrefillChunk],
+    now: float,
+    gaps: array[float],
+) -> tuple[Stop, ...]:
+    """Requests whose token this step was their last, and the inter-token gap of every sampled token.
+
+    Reads the core's request states (the token counts it set at schedule time, the time of each
+    request's previous token) before `update` records this step's tokens."""
+    stops = []
+    length_capped = set(decision.length_finished)
+    append = gaps.append
+    for rid in decision.decodes:
+        st = states[rid]  # scheduled requests stay known until `update`
+        append(now - st.last_token_s)
+        true = st.request.true_output_tokens
+        if true is not None and st.num_output_tokens >= true and rid not in length_capped:
+            stops.append(Stop(rid))
+    for c in sampled_chunks:
+        st = states[c.request_id]
+        if st.first_token_s is not None:  # resumed after recompute
+            append(now - st.last_token_s)
+        true = st.request.true_output_tokens
+        if true is not None and st.num_output_tokens >= true and c.request_id not in length_capped:
+            stops.append(Stop(c.request_id))
+    return tuple(stops)
