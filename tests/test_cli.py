@@ -1,4 +1,5 @@
-"""The `ecosched` command line: listing, configuration, the demo, and clear failures (exit status 2)."""
+"""The `ecosched` command line: listing, configuration, and clear failures (exit status 2). The simulator's
+commands (`simulate`, `demo`, `profile`) are tested in tests/sim/test_cli_simulate.py."""
 
 from __future__ import annotations
 
@@ -125,41 +126,6 @@ def test_config_schema_prints_every_field_with_help(capsys: pytest.CaptureFixtur
         assert description, f"{path} has no help text"
     assert "scheduler.max_num_seqs" in rows and "[default: 256]" in rows["scheduler.max_num_seqs"]
     assert "policies.ecoserve.pipelining" in rows
-
-
-def test_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--num-requests", "40", "--policies", "vllm,ecoserve", "--json"]) == 0
-    summaries = json.loads(capsys.readouterr().out)
-    assert [s["policy"] for s in summaries] == ["vllm", "ecoserve"]
-    for s in summaries:
-        assert s["num_finished"] == 40
-        assert 0.0 <= s["slo_attainment"] <= 1.0
-        assert s["throughput_tokens_s"] > 0
-        assert 0 < s["mean_ttft_s"] <= s["mean_jct_s"]
-
-
-def test_demo_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["demo", "--num-requests", "30", "--policies", "ecoserve", "--json", "--seed", "3"]
-    assert main(argv) == 0
-    first = capsys.readouterr().out
-    assert main(argv) == 0
-    assert capsys.readouterr().out == first
-
-
-def test_demo_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--num-requests", "20", "--policies", "sarathi,sjf"]) == 0
-    out = capsys.readouterr().out
-    assert "SLO met" in out
-    rows = [line.split()[0] for line in out.splitlines()[2:]]
-    assert rows == ["sarathi", "sjf"]
-
-
-def test_demo_unknown_policy_exits_2_before_running(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--num-requests", "40", "--policies", "vllm,ecoserv", "--json"]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "ecoserv'" in captured.err
-    assert "ecoserve" in captured.err  # the known names are listed
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:

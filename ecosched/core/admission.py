@@ -52,6 +52,8 @@ class Admitter:
         self._host_pool: list[RequestState] = []
 
     def admit(self, b: StepBuilder, now_s: float, engine_free: int | None) -> None:
+        if not len(self.s.waiting):
+            return
         state_key = (self.ledger.version, self.s.waiting.version, engine_free)
         if self._blocked is not None and self._blocked[:3] == state_key and b.budget_left >= self._blocked[3]:
             return

@@ -10,6 +10,7 @@ compute. A request preempted by recompute loses its KV and recomputes prompt and
 from __future__ import annotations
 
 import enum
+from array import array
 from dataclasses import dataclass
 
 
@@ -187,9 +188,10 @@ class RequestState:
         )
 
 
-def record_tokens(states: list[RequestState], now_s: float) -> None:
+def record_tokens(states: list[RequestState], now_s: float, gap_log: array[float] | None = None) -> None:
     """Note that one output token of each of `states` reached the caller at `now_s` (TTFT and TBT
-    bookkeeping). Requests that ended meanwhile are skipped. One call per step: this is a hot loop."""
+    bookkeeping), appending each inter-token gap to `gap_log` when given. Requests that ended
+    meanwhile are skipped. One call per step: this is a hot loop."""
     for st in states:
         if st.status is RequestStatus.FINISHED or st.status is RequestStatus.ABORTED:
             continue  # preempted since is fine: the token still reached the caller
@@ -201,4 +203,6 @@ def record_tokens(states: list[RequestState], now_s: float) -> None:
                 st.max_tbt_s = gap
             if gap > st.slo.tbt_s:
                 st.num_tbt_violations += 1
+            if gap_log is not None:
+                gap_log.append(gap)
         st.last_token_s = now_s

@@ -17,6 +17,7 @@ The scheduler is deterministic and synchronous: time comes in as arguments, no c
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +107,9 @@ class Scheduler:
         self._in_flight: dict[int, _InFlight] = {}
         self._last_predictor_warning_s = float("-inf")
         self._runner = StepRunner(self)
+        # Every inter-token gap, in seconds, when an engine wants token-level TBT percentiles (the
+        # simulator sets it to an `array("d")`); per-request TBT figures are kept either way.
+        self.gap_log: array[float] | None = None
         edges = config.policies.ecoserve.rl_bucket_edges
         self._bucket_edges = sorted(edges)
 
@@ -231,7 +235,7 @@ class Scheduler:
                 f"outcome for step {outcome.step_id}, which is not in flight (in flight: {sorted(self._in_flight)})"
             )
         now = outcome.now_s
-        record_tokens(flight.generating, now)
+        record_tokens(flight.generating, now, self.gap_log)
         ended = []
         for stop in outcome.stops:
             stopped = self.requests.get(stop.request_id)

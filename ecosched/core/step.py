@@ -117,6 +117,8 @@ class StepRunner:
 
     # ---- phase: running prefills ----
     def _running_prefills(self, b: StepBuilder, states: list[RequestState], now_s: float) -> None:
+        if not states:
+            return
         order = self.policy.order
         keyed = [
             (order.prefill_key(st, self.s.blocks_for(st.num_computed_tokens)), i, st) for i, st in enumerate(states)
@@ -252,6 +254,8 @@ class StepRunner:
 
     # ---- phase: the GT queue (swapped requests) ----
     def _resume_swapped(self, b: StepBuilder, now_s: float) -> None:
+        if not len(self.s.swapped):
+            return
         limit = self.s.config.scheduler.max_num_seqs
         for st in list(self.s.swapped):
             if len(self.s.running) >= limit or b.budget_left < 1:

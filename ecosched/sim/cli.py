@@ -55,9 +55,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "--burstiness", type=float, default=1.0, help="synthetic gamma: CV of inter-arrival gaps (default: %(default)s)"
     )
     p.add_argument("--slo-mix", help="SLO classes drawn per request, e.g. interactive=0.7,batch=0.3 (default: none)")
-    p.add_argument(
-        "--max-output-tokens", type=int, default=1024, help="per-request output cap (default: %(default)s)"
-    )
+    p.add_argument("--max-output-tokens", type=int, default=1024, help="per-request output cap (default: %(default)s)")
     p.add_argument(
         "--on-too-long",
         choices=("skip", "error"),
@@ -70,6 +68,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--jobs", type=int, help="worker processes (default: cores, at most 4)")
     p.add_argument("--out", default="results/simulate", help="output directory (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     p.set_defaults(func=simulate_command)
 
 
@@ -235,9 +234,12 @@ def simulate_command(args: argparse.Namespace) -> int:
         from ecosched.sim.plots import plot_all
 
         paths += plot_all(out, all_runs, capacity=capacity, target=args.target, timelines=timelines, title=title)
-    print_table(all_runs, capacity, args.target)
+    if args.json:
+        print(paths[0].read_text(), end="")
+    else:
+        print_table(all_runs, capacity, args.target)
     for path in paths:
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -308,6 +310,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seed", type=int, default=0, help="seed of the workload and predictor (default: %(default)s)")
     p.add_argument("--out", default="results/demo", help="output directory (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
     p.set_defaults(func=_demo)
 
 
@@ -318,4 +321,6 @@ def _demo(args: argparse.Namespace) -> int:
     argv += ["--num-requests", str(args.num_requests), "--seed", str(args.seed), "--out", args.out]
     for item in args.set:
         argv += ["--set", item]
+    if args.json:
+        argv.append("--json")
     return main(argv)

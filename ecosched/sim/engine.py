@@ -16,13 +16,14 @@ v0 swapping engine did; an engine that overlaps copies with compute would be fas
 
 from __future__ import annotations
 
+import heapq
 import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ecosched.core.decision import Decision, PrefillChunk, StepOutcome, Stop
+from ecosched.core.decision import Decision, StepOutcome, Stop
 from ecosched.core.latency import LatencyModel
 from ecosched.core.request import PreemptMode, Request, RequestRecord, RequestState
 from ecosched.core.scheduler import Scheduler, SchedulerStats
@@ -102,10 +103,10 @@ def run(
     swap_time = getattr(model, "swap_time_s", None)
     iteration_time = model.iteration_time_s
     pending = sorted(requests, key=lambda r: r.arrival_s)
-    states = scheduler.requests
+    watch = _StopWatch(scheduler.requests)
+    scheduler.gap_log = gaps = array("d")
     records: list[RequestRecord] = []
     rejected: list[tuple[str, str]] = []
-    gaps: array[float] = array("d")
     sched_wall: array[float] = array("d")
     timeline: list[KVSample] = []
     next_sample = 0.0
@@ -137,8 +138,7 @@ def run(
             continue
         tokens = decision.num_scheduled_tokens
         context = scheduler.num_context_tokens
-        sampled_chunks = [c for c in decision.prefills if c.samples_token]
-        num_sampled = len(decision.decodes) + len(sampled_chunks)
+        num_sampled = len(decision.decodes) + sum(1 for c in decision.prefills if c.samples_token)
         if step_time is not None:
             dt = step_time(tokens, context, [(c.start, c.num_tokens) for c in decision.prefills], num_sampled)
         else:
@@ -146,7 +146,7 @@ def run(
         if swap_time is not None and (decision.swapped_in or decision.preempted):
             dt += swap_time(_swapped_tokens(scheduler, decision))
         now += dt
-        stops = _stops_and_gaps(states, decision, sampled_chunks, now, gaps)
+        stops = watch.stops(steps, decision)
         ended = scheduler.update(StepOutcome(decision.step_id, now, stops))
         if ended:
             records += ended
@@ -210,31 +210,55 @@ def _swapped_tokens(scheduler: Scheduler, decision: Decision) -> int:
     return total
 
 
-def _stops_and_gaps(
-    states: dict[str, RequestState],
-    decision: Decision,
-    sampled_chunks: list[PrefillChunk],
-    now: float,
-    gaps: array[float],
-) -> tuple[Stop, ...]:
-    """Requests whose token this step was their last, and the inter-token gap of every sampled token.
+class _StopWatch:
+    """Finds the requests that reach their true length in a step without looking at every token.
 
-    Reads the core's request states (the token counts it set at schedule time, the time of each
-    request's previous token) before `update` records this step's tokens."""
-    stops = []
-    length_capped = set(decision.length_finished)
-    append = gaps.append
-    for rid in decision.decodes:
-        st = states[rid]  # scheduled requests stay known until `update`
-        append(now - st.last_token_s)
+    A request gains at most one output token per step, so with `r` tokens to go after step k it
+    cannot finish before step k + r. The watch keeps that earliest step per request in a heap and
+    looks at a request again only then: if it has finished it stops, if it was held back (preempted,
+    short of budget) it is filed again with a later step. Requests are (re)filed whenever a step
+    admits them, gives them a prefill chunk (their first token may come in the next step's decode)
+    or swaps them in; superseded entries are skipped."""
+
+    def __init__(self, states: dict[str, RequestState]) -> None:
+        self.states = states
+        self.heap: list[tuple[int, int, str]] = []
+        self.filed: dict[str, int] = {}  # request id -> serial of its live heap entry
+        self.serial = 0
+
+    def _file(self, rid: str, step: int) -> None:
+        st = self.states[rid]
         true = st.request.true_output_tokens
-        if true is not None and st.num_output_tokens >= true and rid not in length_capped:
-            stops.append(Stop(rid))
-    for c in sampled_chunks:
-        st = states[c.request_id]
-        if st.first_token_s is not None:  # resumed after recompute
-            append(now - st.last_token_s)
-        true = st.request.true_output_tokens
-        if true is not None and st.num_output_tokens >= true and c.request_id not in length_capped:
-            stops.append(Stop(c.request_id))
-    return tuple(stops)
+        if true is None:
+            return
+        self.serial += 1
+        self.filed[rid] = self.serial
+        heapq.heappush(self.heap, (step + max(0, true - st.num_output_tokens), self.serial, rid))
+
+    def stops(self, step: int, decision: Decision) -> tuple[Stop, ...]:
+        for c in decision.prefills:
+            self._file(c.request_id, step)
+        for a in decision.admitted:
+            self._file(a.request_id, step)
+        for rid in decision.swapped_in:
+            self._file(rid, step)
+        states = self.states
+        stopped: list[Stop] = []
+        heap = self.heap
+        while heap and heap[0][0] <= step:
+            _, serial, rid = heapq.heappop(heap)
+            if self.filed.get(rid) != serial:
+                continue  # superseded
+            st = states.get(rid)
+            if st is None:  # ended another way (length cap, abort)
+                del self.filed[rid]
+                continue
+            true = st.request.true_output_tokens
+            assert true is not None
+            if st.num_output_tokens >= true:
+                del self.filed[rid]
+                if rid not in decision.length_finished:
+                    stopped.append(Stop(rid))
+            else:
+                self._file(rid, step)
+        return tuple(stopped)

@@ -68,7 +68,7 @@ class Setup:
             f"cache.num_cpu_blocks={p.num_cpu_blocks(block)}",
             f"cache.max_model_len={p.model.max_model_len}",
             f"latency.kv_bytes_per_token={p.kv_bytes_per_token()}",
-            f"latency.pcie_gb_per_s={p.gpu.pcie_gb_per_s}",
+            f"latency.pcie_gb_per_s={p.gpu.pcie_gb_per_s * p.tensor_parallel}",  # one link per rank
         ]
 
 
@@ -161,24 +161,24 @@ def find_capacity(
         return m.slo_attainment >= target and not m.stopped_early
 
     rate = start_rate or setup.workload.rate_rps
-    if ok(rate):
-        lo, hi = rate, None
-        while hi is None:
+    if ok(rate):  # double until a rate fails
+        lo = rate
+        while True:
             if lo * 2 > max_rate:
                 return Capacity(variant.label, lo, runs)
-            if ok(lo * 2):
-                lo *= 2
-            else:
+            if not ok(lo * 2):
                 hi = lo * 2
-    else:
-        lo, hi = None, rate
-        while lo is None:
+                break
+            lo *= 2
+    else:  # halve until a rate passes
+        hi = rate
+        while True:
             if hi / 2 < min_rate:
                 return Capacity(variant.label, 0.0, runs)
             if ok(hi / 2):
                 lo = hi / 2
-            else:
-                hi /= 2
+                break
+            hi /= 2
     while hi / lo > 1 + rel_tol:
         mid = math.sqrt(lo * hi)
         if ok(mid):
@@ -210,9 +210,7 @@ def map_runs(
             out.append(r)
         return out
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(run_one, setup, p, r, keep_timeline=keep_timeline_for(p, r)) for p, r in tasks
-        ]
+        futures = [pool.submit(run_one, setup, p, r, keep_timeline=keep_timeline_for(p, r)) for p, r in tasks]
         return _collect(futures, on_done)
 
 

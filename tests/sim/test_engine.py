@@ -85,7 +85,6 @@ def test_engine_prices_steps_with_step_time_and_swaps() -> None:
     assert result.end_s == pytest.approx(0.020 + 0.010 + 0.010)
 
 
-
 def test_swap_preemptions_cost_link_time() -> None:
     # the predictor says 10 tokens, so reservations run out and victims are preempted (swap is cheaper here)
     cfg = {
