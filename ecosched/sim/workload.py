@@ -1,8 +1,11 @@
 """Workloads: the requests a simulation replays, loaded from a trace file or drawn at random.
 
 A `Workload` is a tuple of `Request`s sorted by arrival, the first at 0.0, with ids "<prefix>-<index>"
-in arrival order, plus counters of what loading changed. Every source goes through one path
-(`_build`), so the length rules below hold for traces and synthetic draws alike:
+in arrival order, plus counters of what loading changed. The trace formats (Azure CSV, Mooncake JSON
+lines, ShareGPT JSON), their fields and the form of their error messages are in
+`ecosched.sim.trace_formats`, whose readers turn a file into rows; names it defines that callers use
+(`TRACE_FORMATS`, `WorkloadError`, `approx_tokens`, ...) are re-exported here. Every source goes
+through one path (`_build`), so the length rules below hold for traces and synthetic draws alike:
 
 - A request is too long when its prompt leaves no room for one output token
   (`num_prompt_tokens + 1 > max_model_len`): no server can run it. `on_too_long="skip"` drops and
@@ -23,30 +26,27 @@ Without a mix and without a class the request's `slo_class` is None (the schedul
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 import random
 import re
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple, NoReturn, TypeVar
+from typing import Any, Literal
 
 from ecosched.core.request import Request
-from ecosched.errors import EcoschedError
+from ecosched.sim.trace_formats import _READERS, _detect_format, _read_file, _Row, _Source
+from ecosched.sim.trace_formats import AZURE_COLUMNS as AZURE_COLUMNS
+from ecosched.sim.trace_formats import HUMAN_ROLES as HUMAN_ROLES
+from ecosched.sim.trace_formats import MODEL_ROLES as MODEL_ROLES
+from ecosched.sim.trace_formats import PROMPT_TEXT_MAX_CHARS as PROMPT_TEXT_MAX_CHARS
+from ecosched.sim.trace_formats import TRACE_FORMATS as TRACE_FORMATS
+from ecosched.sim.trace_formats import WorkloadError as WorkloadError
+from ecosched.sim.trace_formats import approx_tokens as approx_tokens
 
-TRACE_FORMATS: tuple[str, ...] = ("azure", "mooncake", "sharegpt")
-_EXTENSIONS = {".csv": "azure", ".jsonl": "mooncake", ".json": "sharegpt"}
-AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-HUMAN_ROLES = frozenset({"human", "user"})
-MODEL_ROLES = frozenset({"gpt", "chatgpt", "bard", "assistant", "model"})
-# Request.prompt of a ShareGPT request keeps the last this-many characters of its conversation.
-PROMPT_TEXT_MAX_CHARS = 8000
 # Lognormal lengths fitted to the Azure conversation trace (data/README.md): the medians are the
 # trace's (1020, 129); sigma = ln(p99 / median) / z_0.99 with z_0.99 = 2.3263, so the p99s match
 # (4142 and 601). The means come out 1222 and 160 (trace: 1155 and 211): the trace's output tail is
@@ -54,11 +54,6 @@ PROMPT_TEXT_MAX_CHARS = 8000
 AZURE_PROMPT_MEDIAN, AZURE_PROMPT_SIGMA = 1020.0, 0.602
 AZURE_OUTPUT_MEDIAN, AZURE_OUTPUT_SIGMA = 129.0, 0.661
 _MAX_REDRAWS = 1000
-_T = TypeVar("_T")
-
-
-class WorkloadError(EcoschedError):
-    """A trace or workload parameter is wrong; the message reads "PATH:LINE: what is wrong (value)"."""
 
 
 @dataclass(frozen=True)
@@ -100,31 +95,6 @@ class Workload:
         gaps = [b.arrival_s - a.arrival_s for a, b in itertools.pairwise(self.requests)]
         mean = statistics.fmean(gaps) if gaps else 0.0
         return statistics.pstdev(gaps, mean) / mean if mean > 0 else 0.0
-
-
-class _Row(NamedTuple):
-    """One request as read from a source, before sorting, length rules and ids."""
-
-    arrival_s: float
-    line: int  # line number, or record index for ShareGPT
-    num_prompt_tokens: int
-    num_output_tokens: int
-    slo_class: str | None = None
-    prompt: str | None = None
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where rows come from, to name in errors: "PATH:LINE: ..." or "PATH: record N: ..."."""
-
-    path: str
-    unit: Literal["line", "record"] = "line"
-
-    def where(self, line: int) -> str:
-        return f"{self.path}:{line}" if self.unit == "line" else f"{self.path}: record {line}"
-
-    def fail(self, line: int, what: str) -> NoReturn:
-        raise WorkloadError(f"{self.where(line)}: {what}")
 
 
 @dataclass(frozen=True)
@@ -346,200 +316,6 @@ def _poisson_times(rows: list[_Row], rate_rps: float, seed: int) -> list[_Row]:
     return out
 
 
-# ------------------------------------------------------------------------------------------- readers
-
-
-def _detect_format(path: Path) -> str:
-    fmt = _EXTENSIONS.get(path.suffix.lower())
-    if fmt is not None:
-        return fmt
-    head = _read_file(path, lambda f: f.read(4096)).lstrip()
-    if head.startswith("["):
-        return "sharegpt"
-    if head.startswith("{"):
-        return "mooncake"
-    if all(c in head.partition("\n")[0] for c in AZURE_COLUMNS):
-        return "azure"
-    known = ", ".join(TRACE_FORMATS)
-    raise WorkloadError(f"{path}: cannot tell the trace format from the name or first line; pass fmt= one of {known}")
-
-
-def _read_file(path: Path, read: Callable[[IO[str]], _T]) -> _T:
-    try:
-        with path.open(encoding="utf-8", newline="") as f:
-            return read(f)
-    except OSError as exc:
-        raise WorkloadError(f"{path}: cannot open trace ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise WorkloadError(f"{path}: not UTF-8 text ({exc.reason})") from None
-
-
-def _read_azure(f: IO[str], src: _Source) -> list[_Row]:
-    """TIMESTAMP (ISO date and time, up to 7 fractional digits), ContextTokens, GeneratedTokens[, SLOClass]."""
-    reader = csv.reader(f)
-    header = [h.strip() for h in next(reader, [])]
-    if not header:
-        src.fail(1, f"empty trace: no header row (expected {','.join(AZURE_COLUMNS)})")
-    missing = [c for c in AZURE_COLUMNS if c not in header]
-    if missing:
-        src.fail(1, f"missing column(s) {', '.join(missing)} (header: {','.join(header)!r})")
-    its, iin, iout = (header.index(c) for c in AZURE_COLUMNS)
-    islo = header.index("SLOClass") if "SLOClass" in header else None
-    clock, rows = _Clock(src), []
-    for fields in reader:
-        if not fields:
-            continue
-        line = reader.line_num
-        if len(fields) != len(header):
-            src.fail(line, f"expected {len(header)} fields, found {len(fields)} ({','.join(fields)[:200]!r})")
-        try:
-            prompt, output = int(fields[iin]), int(fields[iout])
-        except ValueError:
-            prompt = output = -1
-        if prompt < 1 or output < 0:
-            for i in (iin, iout):
-                _check_length(fields[i], header[i], src, line)
-        cls = (fields[islo].strip() or None) if islo is not None else None
-        rows.append(_Row(clock.seconds(fields[its], line), line, prompt, output, cls))
-    return rows
-
-
-class _Clock:
-    """Seconds since the first TIMESTAMP read. The whole seconds are parsed once per distinct second
-    (cached) and the fraction apart, in any number of digits (`datetime.fromisoformat` on Python 3.11
-    takes at most 6, the Azure traces have 7). Naive times are UTC."""
-
-    def __init__(self, src: _Source) -> None:
-        self.src = src
-        self.whole: dict[str, float] = {}
-        self.origin: tuple[float, float] | None = None  # (whole, fraction) of the first row
-
-    def seconds(self, text: str, line: int) -> float:
-        head, dot, rest = text.partition(".")
-        if rest.isascii() and rest.isdigit():  # the common case: a fraction and no zone after it
-            digits, key = rest, head
-        else:
-            digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
-            key = head + rest[len(digits) :]
-            if dot and not digits:
-                self.src.fail(line, f"TIMESTAMP is not an ISO date and time ({text!r})")
-        whole = self.whole.get(key)
-        if whole is None:
-            whole = self.whole[key] = self._parse(key, text, line)
-        frac = int(digits) / 10 ** len(digits) if digits else 0.0
-        if self.origin is None:
-            self.origin = (whole, frac)
-        return (whole - self.origin[0]) + (frac - self.origin[1])
-
-    def _parse(self, key: str, text: str, line: int) -> float:
-        try:
-            dt = datetime.fromisoformat(key.strip())
-        except ValueError:
-            self.src.fail(line, f"TIMESTAMP is not an ISO date and time ({text!r})")
-        return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def _check_length(value: Any, column: str, src: _Source, line: int) -> int:
-    """A token count from a trace: an integer >= 0 (>= 1 for a prompt); CSV text is converted first."""
-    number = int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else value
-    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-        src.fail(line, f"{column} must be an integer >= 0 ({value!r})")
-    if number == 0 and column in ("ContextTokens", "input_length"):
-        src.fail(line, f"{column} must be >= 1: a prompt has at least one token ({value!r})")
-    return number
-
-
-def _read_mooncake(f: IO[str], src: _Source) -> list[_Row]:
-    """JSON lines {"timestamp": ms, "input_length": n, "output_length": n[, "slo_class": name], ...}."""
-    rows = []
-    for line, text in enumerate(f, 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            src.fail(line, f"invalid JSON ({exc.msg}: {text.strip()[:200]!r})")
-        if not isinstance(obj, dict):
-            src.fail(line, f"expected a JSON object ({text.strip()[:200]!r})")
-        ts = obj.get("timestamp")
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            src.fail(line, f"timestamp must be a number of milliseconds ({ts!r})")
-        prompt = _check_length(obj.get("input_length"), "input_length", src, line)
-        output = _check_length(obj.get("output_length"), "output_length", src, line)
-        rows.append(_Row(ts / 1000.0, line, prompt, output, _class_field(obj, src, line)))
-    return rows
-
-
-def _class_field(obj: dict[str, Any], src: _Source, line: int) -> str | None:
-    cls = obj.get("slo_class")
-    if cls is not None and not (isinstance(cls, str) and cls):
-        src.fail(line, f"slo_class must be a non-empty string ({cls!r})")
-    return cls
-
-
-def approx_tokens(text: str) -> int:
-    """Approximate token count: word pieces of up to 8 characters and punctuation marks count one each
-    (close to BPE tokenizers on English prose, which take most words and marks as one token; long
-    words and scripts without spaces split into 8-character pieces). NOTE: an approximation; the
-    exact tokenizer is the one the ONNX predictor package defines."""
-    return len(_TOKEN_RE.findall(text))
-
-
-_TOKEN_RE = re.compile(r"\w{1,8}|[^\w\s]")
-
-
-def _read_sharegpt(f: IO[str], src: _Source) -> list[_Row]:
-    """[{"id": ..., "conversations": [{"from": "human"|"gpt"|..., "value": text}, ...]}, ...]: each human
-    turn answered by a model turn is a request. The prompt is the whole conversation so far (earlier
-    turns, then the human turn), as a chat server sends it; its token count covers all of it, while
-    `Request.prompt` keeps its last PROMPT_TEXT_MAX_CHARS characters. Records are numbered from 0."""
-    try:
-        data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise WorkloadError(f"{src.path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, list):
-        raise WorkloadError(f"{src.path}: expected a JSON list of conversations (found {type(data).__name__})")
-    rows: list[_Row] = []
-    for n, record in enumerate(data):
-        rows += _conversation_rows(record, n, src)
-    return rows
-
-
-def _conversation_rows(record: Any, n: int, src: _Source) -> list[_Row]:
-    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-        src.fail(n, f"expected an object with a 'conversations' list ({str(record)[:200]!r})")
-    cls = _class_field(record, src, n)
-    rows: list[_Row] = []
-    history: list[str] = []
-    history_tokens = 0
-    human: str | None = None
-    for turn in record["conversations"]:
-        role, text = _turn(turn, src, n)
-        if human is not None:  # answered by a model turn: a request; else part of the context
-            human_tokens = approx_tokens(human)
-            if role in MODEL_ROLES:
-                context = "\n".join([*history, human])[-PROMPT_TEXT_MAX_CHARS:]
-                rows.append(_Row(0.0, n, max(1, history_tokens + human_tokens), approx_tokens(text), cls, context))
-            history.append(human)
-            history_tokens += human_tokens
-            human = None
-        if role in HUMAN_ROLES:
-            human = text
-        else:  # model, system and tool turns are context for what follows
-            history.append(text)
-            history_tokens += approx_tokens(text)
-    return rows
-
-
-def _turn(turn: Any, src: _Source, n: int) -> tuple[str, str]:
-    """(role, text) of a {"from", "value"} turn (or OpenAI-style {"role", "content"})."""
-    if isinstance(turn, dict):
-        role, text = turn.get("from", turn.get("role")), turn.get("value", turn.get("content"))
-        if isinstance(role, str) and isinstance(text, str):
-            return role.lower(), text
-    src.fail(n, f"a turn needs string 'from' and 'value' ({str(turn)[:200]!r})")
-
-
 # --------------------------------------------------------------------------------------------- checks
 
 
@@ -551,10 +327,3 @@ def _check_positive_int(key: str, value: Any) -> None:
 def _check_rate(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
         raise WorkloadError(f"{key} must be a finite number > 0 ({value!r})")
-
-
-_READERS: dict[str, Callable[[IO[str], _Source], list[_Row]]] = {
-    "azure": _read_azure,
-    "mooncake": _read_mooncake,
-    "sharegpt": _read_sharegpt,
-}
