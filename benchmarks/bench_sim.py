@@ -43,6 +43,7 @@ ABLATIONS = (
             "policies.ecoserve.length_weight_s_per_token=0",
         ),
     ),
+    ("-demote-late", ("policies.ecoserve.demote_late=false",)),
     ("-padding", ("policies.ecoserve.padding=false",)),
     ("-topup", ("policies.ecoserve.proactive_topup=false",)),
     ("-bucketed-victims", ("policies.ecoserve.bucketed_victims=false",)),

@@ -150,6 +150,9 @@ class EcoServeConfig(_Strict):
     length_weight_s_per_token: float = Field(
         0.001, ge=0, description="(5) Priority seconds per predicted output token (0: off)."
     )
+    demote_late: bool = Field(
+        True, description="(5) Queue requests past their TTFT deadline behind those that can still meet it."
+    )
     padding: bool = Field(True, description="(6) Pad predictions to the confidence quantile.")
     proactive_topup: bool = Field(
         True, description="(7) Extend reservations before they run out, from a global reserve."

@@ -34,6 +34,12 @@ class Order(Protocol):
         """Order of running requests still in prefill; None keeps admission order."""
         ...
 
+    @property
+    def demotes_late(self) -> bool:
+        """Mark requests whose TTFT deadline passes before their first token `late` and re-key them
+        (`waiting_key` sees `state.late`), so a policy can serve those that can still make it first."""
+        ...
+
 
 class Reservation(Protocol):
     """How many tokens of KV capacity a request holds."""

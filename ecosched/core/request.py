@@ -112,6 +112,7 @@ class RequestState:
         "watermark",
         "capacity_tokens",
         "admit_hint",
+        "late",
     )
 
     def __init__(self, request: Request, slo: SLOClass, predicted: int, padded: int, bucket: int) -> None:
@@ -139,6 +140,8 @@ class RequestState:
         self.capacity_tokens = 0
         # (fewest blocks it can be admitted with, host room it needs to borrow): fixed while waiting
         self.admit_hint: tuple[int, int] | None = None
+        # its TTFT deadline passed before its first token (set only for policies that demote late requests)
+        self.late = False
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.last_token_s = 0.0

@@ -16,6 +16,7 @@ The scheduler is deterministic and synchronous: time comes in as arguments, no c
 
 from __future__ import annotations
 
+import heapq
 import logging
 from array import array
 from collections import Counter
@@ -110,6 +111,9 @@ class Scheduler:
         # Every inter-token gap, in seconds, when an engine wants token-level TBT percentiles (the
         # simulator sets it to an `array("d")`); per-request TBT figures are kept either way.
         self.gap_log: array[float] | None = None
+        # (TTFT deadline, seq, request) of queued requests, for policies that demote late requests
+        self._deadlines: list[tuple[float, int, RequestState]] = []
+        self._deadline_seq = 0
         edges = config.policies.ecoserve.rl_bucket_edges
         self._bucket_edges = sorted(edges)
 
@@ -198,7 +202,23 @@ class Scheduler:
         state = RequestState(r, slo, predicted, padded, self._bucket(padded))
         self.requests[r.request_id] = state
         self.waiting.push(state, self.policy.order.waiting_key(state))
+        if self.policy.order.demotes_late:
+            self._deadline_seq += 1
+            heapq.heappush(self._deadlines, (r.arrival_s + slo.ttft_s, self._deadline_seq, state))
         return state
+
+    def _demote_late(self, now_s: float) -> None:
+        """Requests past their TTFT deadline without a first token become `late`; waiting ones are
+        re-keyed (the policy's order puts them behind requests that can still meet their target)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] < now_s:
+            state = heapq.heappop(deadlines)[2]
+            if state.first_token_s is not None or state.status in _ENDED:
+                continue
+            state.late = True
+            if state.status is RequestStatus.WAITING:
+                self.waiting.remove(state)
+                self.waiting.push(state, self.policy.order.waiting_key(state))
 
     def _bucket(self, tokens: int) -> int:
         for i, edge in enumerate(self._bucket_edges):
@@ -218,6 +238,8 @@ class Scheduler:
         """Decide the next step. The engine must run it and report back with `update`."""
         self.step_id += 1
         self.stats.num_steps += 1
+        if self._deadlines and self._deadlines[0][0] < now_s:
+            self._demote_late(now_s)
         self.policy.admission.on_step(self)
         builder = StepBuilder(self.step_id, self.policy.budget.token_budget(self))
         self._runner.run(builder, now_s, view)

@@ -6,7 +6,7 @@
  (4) Pipelining: a request that does not fit borrows a running host's reserved-but-unused blocks
      when a_j - (u_j + o_i) - (p_i + o_i) >= b (best fit).
  (5) Priority: KV occupancy first among admitted prefills and swapped requests; the waiting order
-     mixes the TTFT deadline and the predicted length.
+     mixes the TTFT deadline and the predicted length, with requests past their deadline last.
  (6) Padding to a confidence quantile q that falls with the arrival rate (in `Padder`).
  (7) Proactive top-up within `topup_lookahead_steps` of exhaustion, from a global reserve.
  (8) Victims by (loosest TBT, longest predicted remaining, smallest KV) buckets; swap or
@@ -38,7 +38,10 @@ class EcoOrder:
 
     NOTE: the papers name the factors (KV held, SLO slack, predicted length), not how they combine;
     the weighted sum below is our reconstruction. Slack enters as the TTFT deadline, so `now`
-    cancels out and the queue stays sorted.
+    cancels out and the queue stays sorted. A request whose slack is gone (TTFT deadline passed, no
+    token yet) goes behind every request that can still meet its target (`demote_late`): serving the
+    hopeless first would make the hopeful miss too. That negative-slack rule is ours (NOTE: not
+    stated in the papers); it trades the late requests' TTFT for everyone else's.
     """
 
     c: EcoServeConfig
@@ -51,10 +54,14 @@ class EcoOrder:
     def _rank(self, state: RequestState) -> float:
         return state.slo.rank if self.c.slo_classes_first else 0
 
+    @property
+    def demotes_late(self) -> bool:
+        return self.c.demote_late
+
     def waiting_key(self, state: RequestState) -> tuple[float, ...]:
         deadline = state.request.arrival_s + state.slo.ttft_s
         score = self.c.slack_weight * deadline + self.c.length_weight_s_per_token * state.predicted_remaining_tokens
-        return (self._rank(state), score)
+        return (float(state.late), self._rank(state), score)
 
     def swapped_key(self, state: RequestState, num_cpu_blocks: int) -> tuple[float, ...]:
         kv = -self.c.kv_weight_s * num_cpu_blocks / self.num_gpu_blocks

@@ -16,6 +16,7 @@ class KeyOrder:
 
     key: Callable[[RequestState], tuple[float, ...]]
     bucketed: bool = False
+    demotes_late: bool = False
 
     def waiting_key(self, state: RequestState) -> tuple[float, ...]:
         return self.key(state)

@@ -283,7 +283,8 @@ def print_table(runs: Sequence, capacity: dict[str, float], target: float) -> No
         return
     cols = ("rate", "SLO met", "goodput", "TTFT p99", "TBT p99", "JCT mean", "JCT p99", "preempt", "KV used")
     print(f"{'policy':24s} " + " ".join(f"{c:>9s}" for c in cols))
-    for m in sorted(full, key=lambda m: (m.rate, m.policy)):
+    order = {label: i for i, label in enumerate(dict.fromkeys(m.policy for m in runs))}
+    for m in sorted(full, key=lambda m: (m.rate, order[m.policy])):
         print(
             f"{m.policy:24s} {m.rate:9.2f} {m.slo_attainment:9.1%} {m.goodput_rps:9.2f} {m.p99_ttft_s:9.2f} "
             f"{m.p99_tbt_s * 1e3:8.0f}m {m.mean_jct_s:9.2f} {m.p99_jct_s:9.2f} {m.preemptions:9d} "
