@@ -195,17 +195,21 @@ def record_tokens(states: list[RequestState], now_s: float, gap_log: array[float
     """Note that one output token of each of `states` reached the caller at `now_s` (TTFT and TBT
     bookkeeping), appending each inter-token gap to `gap_log` when given. Requests that ended
     meanwhile are skipped. One call per step: this is a hot loop."""
+    finished, aborted = RequestStatus.FINISHED, RequestStatus.ABORTED
+    append = gap_log.append if gap_log is not None else None
     for st in states:
-        if st.status is RequestStatus.FINISHED or st.status is RequestStatus.ABORTED:
+        status = st.status
+        if status is finished or status is aborted:
             continue  # preempted since is fine: the token still reached the caller
+        last = st.last_token_s
+        st.last_token_s = now_s
         if st.first_token_s is None:
             st.first_token_s = now_s
-        else:
-            gap = now_s - st.last_token_s
-            if gap > st.max_tbt_s:
-                st.max_tbt_s = gap
-            if gap > st.slo.tbt_s:
-                st.num_tbt_violations += 1
-            if gap_log is not None:
-                gap_log.append(gap)
-        st.last_token_s = now_s
+            continue
+        gap = now_s - last
+        if gap > st.max_tbt_s:
+            st.max_tbt_s = gap
+        if gap > st.slo.tbt_s:
+            st.num_tbt_violations += 1
+        if append is not None:
+            append(gap)

@@ -136,11 +136,15 @@ def run(
                 raise StallError(f"{scheduler.num_unfinished} requests unfinished, nothing scheduled at t={now:.3f}s")
             now = max(now, pending[i].arrival_s)
             continue
-        tokens = decision.num_scheduled_tokens
+        tokens = num_sampled = len(decision.decodes)
+        chunks = []
+        for c in decision.prefills:
+            tokens += c.num_tokens
+            num_sampled += c.samples_token
+            chunks.append((c.start, c.num_tokens))
         context = scheduler.num_context_tokens
-        num_sampled = len(decision.decodes) + sum(1 for c in decision.prefills if c.samples_token)
         if step_time is not None:
-            dt = step_time(tokens, context, [(c.start, c.num_tokens) for c in decision.prefills], num_sampled)
+            dt = step_time(tokens, context, chunks, num_sampled)
         else:
             dt = iteration_time(tokens, context)
         if swap_time is not None and (decision.swapped_in or decision.preempted):
