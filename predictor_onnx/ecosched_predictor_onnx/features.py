@@ -1,0 +1,167 @@
+"""Featurisation: a prompt string to hashed token n-gram ids (an embedding bag) and a few dense numbers.
+
+The prompt is read as a chat engine sees it: earlier turns, then the last user message (the markers of
+`data.render_chat`; text without markers is one user message). Only capped slices of the text are
+tokenised, so the cost per prompt is bounded whatever the prompt's length:
+
+    last user message:   first `head_chars` + last `tail_chars` characters  -> namespace 0
+    previous assistant:  first `prev_chars` characters                       -> namespace 1
+
+Each slice gives its BPE token ids (unigrams) and hashed id bigrams, averaged into one bag per slice.
+All share one table of `num_buckets` rows: unigram id + vocab * namespace below `2 * vocab`, bigrams
+hashed into the rest.
+Dense features (`DENSE_NAMES`) are log character counts of the turns and the number of earlier turns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ecosched_predictor_onnx.data import ASSISTANT_MARKER, TURN_SEPARATOR, USER_MARKER
+
+_USER = TURN_SEPARATOR + USER_MARKER
+_ASSISTANT = TURN_SEPARATOR + ASSISTANT_MARKER
+_BIGRAM_MUL = 1_000_003
+NUM_NAMESPACES = 2  # the last user message, the previous assistant turn: one bag each
+
+DENSE_NAMES = (
+    "log_user_chars",
+    "log_prompt_chars",
+    "log_prev_assistant_chars",
+    "log_mean_assistant_chars",
+    "num_assistant_turns",
+    "has_prev_assistant",
+    "user_newline_frac",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """How a prompt is featurised; stored in the model's metadata so inference matches training."""
+
+    num_buckets: int = 65536
+    head_chars: int = 600
+    tail_chars: int = 600
+    prev_chars: int = 300
+    max_ids: int = 384
+    use_history: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Turns:
+    """The parts of a prompt the features read."""
+
+    user: str
+    prev_assistant: str
+    assistant_chars: tuple[int, ...]
+    prompt_chars: int
+
+
+def split_turns(prompt: str | None) -> Turns:
+    """The last user message, the assistant turn before it, and the lengths of all assistant turns."""
+    text = prompt or ""
+    if text.startswith(USER_MARKER):
+        text = TURN_SEPARATOR + text
+    cut = text.rfind(_USER)
+    user = text[cut + len(_USER) :] if cut >= 0 else text
+    history = text[:cut] if cut >= 0 else ""
+    pieces = history.split(_ASSISTANT)[1:]
+    assistant = [p.split(_USER, 1)[0] for p in pieces]
+    prev = assistant[-1] if assistant else ""
+    return Turns(user, prev, tuple(len(a) for a in assistant), len(prompt or ""))
+
+
+def dense_features(turns: Turns, config: FeatureConfig) -> list[float]:
+    """The `DENSE_NAMES` numbers of one prompt (unscaled; the model's first layer holds the scaling)."""
+    n = len(turns.assistant_chars)
+    hist = config.use_history and n > 0
+    mean_log = sum(math.log1p(c) for c in turns.assistant_chars) / n if hist else 0.0
+    return [
+        math.log1p(len(turns.user)),
+        math.log1p(turns.prompt_chars),
+        math.log1p(len(turns.prev_assistant)) if hist else 0.0,
+        mean_log,
+        float(min(n, 16)) if config.use_history else 0.0,
+        1.0 if hist else 0.0,
+        turns.user.count("\n") / (len(turns.user) + 1.0),
+    ]
+
+
+def text_slices(turns: Turns, config: FeatureConfig) -> tuple[str, str]:
+    """The capped slices that are tokenised: the user message's head and tail, the previous answer's head."""
+    u = turns.user
+    user = (
+        u if len(u) <= config.head_chars + config.tail_chars else u[: config.head_chars] + " " + u[-config.tail_chars :]
+    )
+    prev = turns.prev_assistant[: config.prev_chars] if config.use_history else ""
+    return user, prev
+
+
+def bag_ids(ids: Sequence[int], namespace: int, vocab_size: int, config: FeatureConfig) -> list[int]:
+    """Row ids of one slice: its unigrams (`vocab_size * namespace + id`), then hashed bigrams, at most
+    `max_ids` in all."""
+    base = namespace * vocab_size
+    rows = [base + i for i in ids]
+    hashed = config.num_buckets - NUM_NAMESPACES * vocab_size
+    first = NUM_NAMESPACES * vocab_size
+    salt = (namespace + 1) * 7919
+    rows.extend(first + (a * _BIGRAM_MUL + b + salt) % hashed for a, b in itertools.pairwise(ids))
+    return rows[: config.max_ids]
+
+
+class Featurizer:
+    """Prompts to (ids, weights, dense) arrays for the ONNX graph; one tokenizer call per batch."""
+
+    def __init__(self, tokenizer: Any, config: FeatureConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.vocab_size = int(tokenizer.get_vocab_size())
+        if 2 * self.vocab_size >= config.num_buckets:
+            raise ValueError(f"num_buckets {config.num_buckets} must exceed twice the vocabulary {self.vocab_size}")
+
+    def featurize(self, prompts: Sequence[str | None]) -> tuple[list[list[list[int]]], Any]:
+        """Row ids of each prompt's bags (one per namespace), and the dense features [N, F] (float32)."""
+        import numpy as np
+
+        turns = [split_turns(p) for p in prompts]
+        flat = [s for t in turns for s in text_slices(t, self.config)]
+        if len(flat) > 2:
+            encs = self.tokenizer.encode_batch(flat, add_special_tokens=False)
+        else:
+            encs = [self.tokenizer.encode(s, add_special_tokens=False) for s in flat]
+        rows = [
+            [bag_ids(encs[2 * i + ns].ids, ns, self.vocab_size, self.config) for ns in range(NUM_NAMESPACES)]
+            for i in range(len(turns))
+        ]
+        dense = np.array([dense_features(t, self.config) for t in turns], dtype=np.float32)
+        return rows, dense.reshape(len(turns), len(DENSE_NAMES))
+
+    @staticmethod
+    def pack(bags: Sequence[Sequence[Sequence[int]]]) -> tuple[Any, Any]:
+        """Bags side by side in one padded array: ids [N, L] (int64), and weights [N, namespaces, L] holding
+        1/len at the positions of each namespace's ids (a mean per namespace) and 0 elsewhere."""
+        import numpy as np
+
+        width = max(1, max((sum(len(b) for b in bag) for bag in bags), default=1))
+        ids = np.zeros((len(bags), width), dtype=np.int64)
+        weights = np.zeros((len(bags), NUM_NAMESPACES, width), dtype=np.float32)
+        for i, bag in enumerate(bags):
+            pos = 0
+            for ns, b in enumerate(bag):
+                if b:
+                    ids[i, pos : pos + len(b)] = b
+                    weights[i, ns, pos : pos + len(b)] = 1.0 / len(b)
+                    pos += len(b)
+        return ids, weights
+
+    def __call__(self, prompts: Sequence[str | None]) -> tuple[Any, Any, Any]:
+        rows, dense = self.featurize(prompts)
+        ids, weights = self.pack(rows)
+        return ids, weights, dense
