@@ -41,15 +41,13 @@ def quantile_tokens(probs: np.ndarray, log_bounds: np.ndarray, levels: np.ndarra
     """Tokens at each level of each row's distribution: [N, len(levels)], float."""
     cdf = np.cumsum(probs, axis=1)
     cdf[:, -1] = 1.0
-    out = np.empty((probs.shape[0], len(levels)))
-    for j, level in enumerate(levels):
-        k = (cdf < level).sum(axis=1).clip(0, probs.shape[1] - 1)
-        rows = np.arange(probs.shape[0])
-        below = np.where(k > 0, cdf[rows, k - 1], 0.0)
-        mass = np.maximum(probs[rows, k], 1e-12)
-        frac = np.clip((level - below) / mass, 0.0, 1.0)
-        out[:, j] = np.exp(log_bounds[k] + frac * (log_bounds[k + 1] - log_bounds[k]))
-    return out
+    num_classes = probs.shape[1]
+    k = (cdf[:, None, :] < levels[None, :, None]).sum(axis=2).clip(0, num_classes - 1)  # [N, Q]
+    rows = np.arange(probs.shape[0])[:, None]
+    below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
+    mass = np.maximum(probs[rows, k], 1e-12)
+    frac = np.clip((levels[None, :] - below) / mass, 0.0, 1.0)
+    return np.exp(log_bounds[k] + frac * (log_bounds[k + 1] - log_bounds[k]))
 
 
 def coverage(padded: np.ndarray, true_tokens: np.ndarray) -> float:

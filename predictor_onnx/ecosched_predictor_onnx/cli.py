@@ -15,6 +15,10 @@ from typing import Any
 
 from ecosched.errors import EcoschedError
 
+# Refit defaults: a log of a few hundred records takes a few seconds on two CPU cores.
+REFIT_EPOCHS = 30
+REFIT_LEARNING_RATE = 3e-3
+REFIT_BATCH_SIZE = 32
 INSTALL_HINT = "pip install 'ecosched[onnx]' (and 'ecosched[predictor-train]' to train or evaluate)"
 
 
@@ -33,16 +37,23 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _train_parser(cmds: Any) -> None:
-    from ecosched_predictor_onnx.train import TrainConfig
+    from ecosched_predictor_onnx.settings import TrainConfig
 
     d = TrainConfig()
     p = cmds.add_parser("train", help="train on ShareGPT, or refit on a prediction log (--from-log)")
     p.add_argument("--out", required=True, help="directory to write the model to")
     p.add_argument("--from-log", help='JSONL log of {"prompt", "output_tokens"} records to refit on')
     p.add_argument("--init-from", help="with --from-log: model to start from (default: the shipped model)")
-    p.add_argument("--epochs", type=int, help=f"training epochs (default: {d.epochs}; 30 with --from-log)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: {d.epochs}; {REFIT_EPOCHS} with --from-log)")
     p.add_argument(
-        "--learning-rate", type=float, help=f"Adam step size (default: {d.learning_rate}; 1e-3 with --from-log)"
+        "--learning-rate",
+        type=float,
+        help=f"Adam step size (default: {d.learning_rate}; {REFIT_LEARNING_RATE} with --from-log)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"examples per step (default: {d.batch_size}; {REFIT_BATCH_SIZE} with --from-log)",
     )
     p.add_argument(
         "--calibration-fraction",
@@ -107,7 +118,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.from_log:
         init = Path(args.init_from) if args.init_from else default_model_dir()
         meta = pipeline.refit_from_log(
-            Path(args.from_log), init, out, args.epochs or 30, args.learning_rate or 1e-3, args.calibration_fraction
+            Path(args.from_log),
+            init,
+            out,
+            args.epochs or REFIT_EPOCHS,
+            args.learning_rate or REFIT_LEARNING_RATE,
+            args.batch_size or REFIT_BATCH_SIZE,
+            args.calibration_fraction,
         )
     else:
         meta = pipeline.train_sharegpt(out, _train_config(args))
@@ -117,7 +134,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_config(args: argparse.Namespace) -> Any:
     from ecosched_predictor_onnx.features import FeatureConfig
-    from ecosched_predictor_onnx.train import TrainConfig
+    from ecosched_predictor_onnx.settings import TrainConfig
 
     d = TrainConfig()
     return TrainConfig(
@@ -126,6 +143,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         embedding_dim=args.embedding_dim,
         hidden=args.hidden,
         epochs=args.epochs or d.epochs,
+        batch_size=args.batch_size or d.batch_size,
         learning_rate=args.learning_rate or d.learning_rate,
         features=FeatureConfig(use_history=not args.no_history),
     )

@@ -5,12 +5,14 @@ The prompt is read as a chat engine sees it: earlier turns, then the last user m
 tokenised, so the cost per prompt is bounded whatever the prompt's length:
 
     last user message:   first `head_chars` + last `tail_chars` characters  -> namespace 0
-    previous assistant:  first `prev_chars` characters                       -> namespace 1
+    previous assistant:  first `prev_chars` + last `prev_tail_chars`         -> namespace 1
 
 Each slice gives its BPE token ids (unigrams) and hashed id bigrams, averaged into one bag per slice.
 All share one table of `num_buckets` rows: unigram id + vocab * namespace below `2 * vocab`, bigrams
 hashed into the rest.
-Dense features (`DENSE_NAMES`) are log character counts of the turns and the number of earlier turns.
+Dense features (`DENSE_NAMES`) are log character counts of the turns, the number of earlier turns,
+whether the previous answer stopped mid-sentence (ShareGPT answers cut off and then continued), and a
+few shape counts of the user message.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ DENSE_NAMES = (
     "num_assistant_turns",
     "has_prev_assistant",
     "user_newline_frac",
+    "log_prev2_assistant_chars",
+    "log_max_assistant_chars",
+    "prev_ends_open",
+    "user_question_marks",
 )
+_CLOSED_ENDINGS = tuple('.!?)]}"`*:')
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +51,10 @@ class FeatureConfig:
     """How a prompt is featurised; stored in the model's metadata so inference matches training."""
 
     num_buckets: int = 65536
-    head_chars: int = 600
-    tail_chars: int = 600
-    prev_chars: int = 300
+    head_chars: int = 320
+    tail_chars: int = 160
+    prev_chars: int = 160
+    prev_tail_chars: int = 64
     max_ids: int = 384
     use_history: bool = True
 
@@ -80,17 +88,22 @@ def split_turns(prompt: str | None) -> Turns:
 
 def dense_features(turns: Turns, config: FeatureConfig) -> list[float]:
     """The `DENSE_NAMES` numbers of one prompt (unscaled; the model's first layer holds the scaling)."""
-    n = len(turns.assistant_chars)
+    chars = turns.assistant_chars
+    n = len(chars)
     hist = config.use_history and n > 0
-    mean_log = sum(math.log1p(c) for c in turns.assistant_chars) / n if hist else 0.0
+    user_log = math.log1p(len(turns.user))
     return [
-        math.log1p(len(turns.user)),
-        math.log1p(turns.prompt_chars),
-        math.log1p(len(turns.prev_assistant)) if hist else 0.0,
-        mean_log,
+        user_log,
+        math.log1p(turns.prompt_chars) if config.use_history else user_log,
+        math.log1p(chars[-1]) if hist else 0.0,
+        sum(math.log1p(c) for c in chars) / n if hist else 0.0,
         float(min(n, 16)) if config.use_history else 0.0,
         1.0 if hist else 0.0,
         turns.user.count("\n") / (len(turns.user) + 1.0),
+        math.log1p(chars[-2]) if hist and n > 1 else 0.0,
+        math.log1p(max(chars)) if hist else 0.0,
+        1.0 if hist and not turns.prev_assistant.rstrip().endswith(_CLOSED_ENDINGS) else 0.0,
+        float(min(turns.user.count("?"), 5)),
     ]
 
 
@@ -100,8 +113,11 @@ def text_slices(turns: Turns, config: FeatureConfig) -> tuple[str, str]:
     user = (
         u if len(u) <= config.head_chars + config.tail_chars else u[: config.head_chars] + " " + u[-config.tail_chars :]
     )
-    prev = turns.prev_assistant[: config.prev_chars] if config.use_history else ""
-    return user, prev
+    p = turns.prev_assistant if config.use_history else ""
+    if len(p) > config.prev_chars + config.prev_tail_chars:
+        tail = p[-config.prev_tail_chars :] if config.prev_tail_chars else ""
+        p = p[: config.prev_chars] + " " + tail
+    return user, p
 
 
 def bag_ids(ids: Sequence[int], namespace: int, vocab_size: int, config: FeatureConfig) -> list[int]:

@@ -5,6 +5,7 @@ held-out examples (so the stored calibration is that of the exported, float16-ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -28,8 +29,9 @@ from ecosched_predictor_onnx.runtime import (
     load_model,
     read_meta,
 )
+from ecosched_predictor_onnx.settings import TrainConfig
 from ecosched_predictor_onnx.tokenizer import count_tokens, load_tokenizer, train_tokenizer
-from ecosched_predictor_onnx.train import TrainConfig, encode, fit, new_network
+from ecosched_predictor_onnx.train import encode, fit, new_network
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,13 @@ def train_sharegpt(out_dir: Path, config: TrainConfig) -> dict[str, Any]:
 
 
 def refit_from_log(
-    log_path: Path, init_dir: Path, out_dir: Path, epochs: int, learning_rate: float, calibration_fraction: float
+    log_path: Path,
+    init_dir: Path,
+    out_dir: Path,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    calibration_fraction: float,
 ) -> dict[str, Any]:
     """Fine-tune the model in `init_dir` on a prediction log; a seeded `calibration_fraction` of the log is
     held out for early stopping and calibration. Tokenizer, features and classes stay those of `init_dir`."""
@@ -114,7 +122,7 @@ def refit_from_log(
     tc["features"] = FeatureConfig(**tc["features"])
     for key in ("class_edges", "report_edges", "levels"):
         tc[key] = tuple(tc[key])
-    config = TrainConfig(**tc)
+    config = dataclasses.replace(TrainConfig(**tc), batch_size=batch_size)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(records))
     num_cal = max(1, round(calibration_fraction * len(records))) if len(records) > 1 else 0
@@ -129,7 +137,12 @@ def refit_from_log(
         "refit_from_log": log_path.name,
         "log_records": len(records),
         "initial_model": meta.get("provenance", {}),
-        "refit": {"epochs": epochs, "learning_rate": learning_rate, "calibration_fraction": calibration_fraction},
+        "refit": {
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "calibration_fraction": calibration_fraction,
+        },
     }
     cal = ([prompts[i] for i in held_index(cal_idx, fit_idx)], tokens[held_index(cal_idx, fit_idx)])
     return export_model(net, init_dir / TOKENIZER_FILE, out_dir, config, cal, provenance)

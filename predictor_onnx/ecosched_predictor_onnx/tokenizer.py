@@ -44,6 +44,11 @@ def load_tokenizer(path: Path) -> Any:
         raise PredictorError(f"tokenizer file {path} is not a valid tokenizers JSON file: {exc}") from exc
 
 
-def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Tokens of each text (the length unit), batched in the tokenizer's native code."""
-    return [len(enc.ids) for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+def count_tokens(tokenizer: Any, texts: Sequence[str], chunk: int = 2048) -> list[int]:
+    """Tokens of each text (the length unit), batched in the tokenizer's native code, `chunk` texts at a
+    time (encodings hold offsets too, so memory stays bounded)."""
+    counts: list[int] = []
+    for start in range(0, len(texts), chunk):
+        encs = tokenizer.encode_batch(list(texts[start : start + chunk]), add_special_tokens=False)
+        counts += [len(enc.ids) for enc in encs]
+    return counts

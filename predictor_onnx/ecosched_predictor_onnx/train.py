@@ -1,57 +1,22 @@
 """Training: fit the network to (prompt, output tokens) examples, with early stopping on a held-out set.
 
-`fit` trains from scratch or fine-tunes a given network; `TrainConfig` holds every constant of it, with
-the defaults that produced the shipped model (each is a CLI option of `ecosched predictor train`).
+`fit` trains from scratch or fine-tunes a given network, with the constants of a `TrainConfig`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from ecosched_predictor_onnx.calibrate import class_of, soft_targets
-from ecosched_predictor_onnx.features import DENSE_NAMES, NUM_NAMESPACES, FeatureConfig, Featurizer
+from ecosched_predictor_onnx.features import DENSE_NAMES, NUM_NAMESPACES, Featurizer
 from ecosched_predictor_onnx.network import Adam, Network
+from ecosched_predictor_onnx.settings import TrainConfig
 
 log = logging.getLogger(__name__)
-
-# Half-octave classes: 16, 23, 32, 45, 64, ... 4096 tokens.
-DEFAULT_CLASS_EDGES = (16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048, 2896, 4096)
-# Reported buckets (the `bucket` of `predict`, bucket accuracy): doubling, as the core's RL buckets.
-DEFAULT_REPORT_EDGES = (32, 64, 128, 256, 512, 1024, 2048)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every constant of training; stored in the model's metadata."""
-
-    seed: int = 0
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_history_turns: int = 8
-    vocab_size: int = 8192
-    tokenizer_min_frequency: int = 2
-    class_edges: tuple[int, ...] = DEFAULT_CLASS_EDGES
-    report_edges: tuple[int, ...] = DEFAULT_REPORT_EDGES
-    upper_tokens: int = 8192
-    embedding_dim: int = 16
-    hidden: int = 64
-    epochs: int = 8
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.2
-    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.99)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["features"] = self.features.to_dict()
-        return d
 
 
 @dataclass
@@ -104,6 +69,8 @@ def fit(net: Network, train: Encoded, held_out: Encoded, config: TrainConfig, ep
         for s in range(0, len(order), config.batch_size):
             idx = order[s : s + config.batch_size]
             ids, w = Featurizer.pack([train.rows[i] for i in idx])
+            if config.token_dropout > 0:
+                w = drop_tokens(w, config.token_dropout, rng)
             probs, cache = net.forward(ids, w, train.dense[idx])
             opt.update(net.params, net.backward(probs, targets[idx], cache))
         loss = mean_loss(net, held_out, config)
@@ -112,6 +79,13 @@ def fit(net: Network, train: Encoded, held_out: Encoded, config: TrainConfig, ep
             best = (loss, {k: v.copy() for k, v in net.params.items()})
     net.params = best[1]
     return net
+
+
+def drop_tokens(weights: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Drop each bag entry with probability `rate` and re-average the rest (regularises the table)."""
+    kept = (weights > 0) & (rng.random(weights.shape) >= rate)
+    counts = kept.sum(axis=2, keepdims=True)
+    return np.where(kept, 1.0 / np.maximum(counts, 1), 0.0).astype(np.float32)
 
 
 def new_network(train: Encoded, config: TrainConfig) -> Network:

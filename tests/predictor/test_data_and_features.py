@@ -62,10 +62,10 @@ def test_split_turns_reads_the_rendered_chat_back() -> None:
 
 
 def test_only_capped_slices_are_tokenised() -> None:
-    config = FeatureConfig(head_chars=10, tail_chars=5, prev_chars=4)
+    config = FeatureConfig(head_chars=10, tail_chars=5, prev_chars=4, prev_tail_chars=2)
     turns = split_turns(data.render_chat([("user", "u"), ("assistant", "abcdefgh"), ("user", "x" * 1000)]))
     user, prev = text_slices(turns, config)
-    assert len(user) == 10 + 1 + 5 and prev == "abcd"
+    assert len(user) == 10 + 1 + 5 and prev == "abcd gh"
 
 
 def test_quantiles_are_monotone_and_calibration_reaches_its_target() -> None:

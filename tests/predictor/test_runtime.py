@@ -33,8 +33,8 @@ PROMPTS = [
 ]
 
 
-def requests(prompts: list[str | None], cap: int = 4096) -> list[Request]:
-    return [Request(f"r{i}", 10, cap, float(i), prompt=p) for i, p in enumerate(prompts)]
+def requests(prompts: list[str | None], cap: int = 4096, start_s: float = 0.0) -> list[Request]:
+    return [Request(f"r{i}", 10, cap, start_s + i, prompt=p) for i, p in enumerate(prompts)]
 
 
 def copy_model(tmp_path: Path) -> Path:
@@ -88,12 +88,13 @@ def test_factory_falls_back_with_a_rate_limited_warning(tmp_path: Path, caplog: 
     assert str(tmp_path / "missing") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        first = predictor.predict(requests(["a", "b"]))  # arrivals 0 and 1 s
-        second = predictor.predict(requests(["c"]))  # arrival 0 s again: within the interval
-        capped = predictor.predict(requests(["d"], cap=50))
-    assert [p.num_tokens for p in first + second] == [123, 123, 123] and capped[0].num_tokens == 50
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
-    assert predictor.num_failures == 3
+        first = predictor.predict(requests(["a", "b"]))  # arrivals 0 and 1 s: one warning
+        second = predictor.predict(requests(["c"], start_s=5.0))  # within the 10 s interval: none
+        capped = predictor.predict(requests(["d"], cap=50, start_s=9.0))  # none
+        later = predictor.predict(requests(["e"], start_s=12.0))  # 11 s after the first warning: one
+    assert [p.num_tokens for p in first + second + later] == [123] * 4 and capped[0].num_tokens == 50
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    assert predictor.num_failures == 4
 
 
 def test_batch_predictions_in_order_ascending_and_capped(shipped_model) -> None:  # type: ignore[no-untyped-def]
