@@ -4,7 +4,8 @@
   p50 and p99 latency per repeat.
 - batch: batches of `--batch` prompts per call; prompts per second per repeat.
 Each repeat walks the same prompts; the median and the minimum over repeats are reported (the
-machine is noisy). Writes JSON to `--out`.
+machine is noisy), with the time of a plain Python loop of 1M additions per repeat as a gauge of how
+loaded the machine was. Writes JSON to `--out`.
 
     python benchmarks/bench_predictor.py --prompts 2000 --repeats 7 --out results/bench_predictor.json
 """
@@ -57,6 +58,15 @@ def time_batches(predictor: OnnxPredictor, reqs: list[Request], batch: int) -> f
     return done / (time.perf_counter() - t0)
 
 
+def loop_seconds(n: int = 1_000_000) -> float:
+    """Seconds of a plain Python loop of n additions: how fast (or how loaded) the machine is right now."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model directory (default: the shipped model)")
@@ -73,8 +83,9 @@ def main() -> None:
     prompts = test_prompts(model.meta, args.prompts, args.seed)
     reqs = [Request(f"b{i}", 1, 4096, 0.0, prompt=p) for i, p in enumerate(prompts)]
     time_single(predictor, reqs[:200])  # warm-up
-    singles, rates = [], []
+    singles, rates, loops = [], [], []
     for _ in range(args.repeats):
+        loops.append(loop_seconds())
         singles.append(time_single(predictor, reqs))
         rates.append(time_batches(predictor, reqs, args.batch))
     p50s, p99s = [s[0] * 1e3 for s in singles], [s[1] * 1e3 for s in singles]
@@ -89,6 +100,7 @@ def main() -> None:
         "single_p99_ms": {"median": statistics.median(p99s), "min": min(p99s)},
         f"batch{args.batch}_prompts_per_s": {"median": statistics.median(rates), "max": max(rates)},
         "failures": predictor.num_failures,
+        "python_loop_1m_s": {"median": statistics.median(loops), "min": min(loops)},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

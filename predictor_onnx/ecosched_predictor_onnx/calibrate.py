@@ -47,7 +47,8 @@ def quantile_tokens(probs: np.ndarray, log_bounds: np.ndarray, levels: np.ndarra
     below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
     mass = np.maximum(probs[rows, k], 1e-12)
     frac = np.clip((levels[None, :] - below) / mass, 0.0, 1.0)
-    return np.exp(log_bounds[k] + frac * (log_bounds[k + 1] - log_bounds[k]))
+    out: np.ndarray = np.exp(log_bounds[k] + frac * (log_bounds[k + 1] - log_bounds[k]))
+    return out
 
 
 def coverage(padded: np.ndarray, true_tokens: np.ndarray) -> float:

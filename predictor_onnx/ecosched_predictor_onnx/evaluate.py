@@ -84,7 +84,7 @@ def evaluate_sharegpt(model: LengthModel) -> dict[str, Any]:
     splits = data.split_examples(
         data.load_sharegpt(), tc["seed"], (tc["validation_fraction"], tc["test_fraction"]), tc["max_history_turns"]
     )
-    tok = model.featurizer.tokenizer
+    tok = model.tokenizer
 
     def lengths(examples: list[data.Example]) -> tuple[np.ndarray, np.ndarray]:
         return (

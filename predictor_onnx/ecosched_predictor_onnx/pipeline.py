@@ -30,7 +30,7 @@ from ecosched_predictor_onnx.runtime import (
     read_meta,
 )
 from ecosched_predictor_onnx.settings import TrainConfig
-from ecosched_predictor_onnx.tokenizer import count_tokens, load_tokenizer, train_tokenizer
+from ecosched_predictor_onnx.tokenizer import count_tokens, train_tokenizer
 from ecosched_predictor_onnx.train import encode, fit, new_network
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def train_sharegpt(out_dir: Path, config: TrainConfig) -> dict[str, Any]:
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out_dir / TOKENIZER_FILE))
-    featurizer = Featurizer(tokenizer, config.features)
+    featurizer = Featurizer(config.features)
     enc_train = encode(featurizer, [e.prompt for e in train], count_tokens(tokenizer, [e.response for e in train]))
     val_tokens = np.array(count_tokens(tokenizer, [e.response for e in val]))
     enc_val = encode(featurizer, [e.prompt for e in val], val_tokens)
@@ -127,7 +127,7 @@ def refit_from_log(
     order = rng.permutation(len(records))
     num_cal = max(1, round(calibration_fraction * len(records))) if len(records) > 1 else 0
     cal_idx, fit_idx = order[:num_cal], order[num_cal:] if num_cal < len(records) else order
-    featurizer = Featurizer(load_tokenizer(init_dir / TOKENIZER_FILE), config.features)
+    featurizer = Featurizer(config.features)
     prompts = [r.prompt for r in records]
     tokens = np.array([r.output_tokens for r in records])
     enc = encode(featurizer, prompts, tokens)

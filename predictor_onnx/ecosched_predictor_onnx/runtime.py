@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hashed-word features (1 hashed BPE ids)
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -90,7 +90,8 @@ class LengthModel:
             raise PredictorError(f"model metadata file {directory / META_FILE} lacks a field: {exc!r}") from exc
         self.levels = tuple(sorted(cal))
         self.model_levels = np.array([cal[q] for q in self.levels])
-        self.featurizer = Featurizer(load_tokenizer(directory / TOKENIZER_FILE), self.features)
+        self.tokenizer = load_tokenizer(directory / TOKENIZER_FILE)  # the length unit (eval, refit)
+        self.featurizer = Featurizer(self.features)
         onnx_path = directory / ONNX_FILE
         if not onnx_path.is_file():
             raise PredictorError(f"ONNX model file not found: {onnx_path}")

@@ -34,7 +34,7 @@ class Encoded:
 def encode(
     featurizer: Featurizer, prompts: Sequence[str | None], tokens: Sequence[int] | np.ndarray, chunk: int = 4096
 ) -> Encoded:
-    """Featurise in chunks (bounded memory in the tokenizer)."""
+    """Featurise in chunks of `chunk` prompts."""
     rows: list[list[list[int]]] = []
     dense = []
     for start in range(0, len(prompts), chunk):
