@@ -54,7 +54,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     cfg.add_argument("--schema", action="store_true", help="print every field with its help text instead")
     cfg.set_defaults(func=_config)
+    _add_predictor(sub)
     return p
+
+
+def _add_predictor(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `predictor` command lives in ecosched_predictor_onnx (its heavy imports are lazy)."""
+    try:
+        from ecosched_predictor_onnx.cli import add_parser
+    except ImportError as exc:
+        hint = f"the predictor package is not importable ({exc}): pip install -e '.[onnx]'"
+        p = sub.add_parser("predictor", help="the ONNX response-length predictor (not installed)")
+        p.set_defaults(func=lambda a: _fail(hint))
+        return
+    add_parser(sub)
+
+
+def _fail(message: str) -> int:
+    raise EcoschedError(message)
 
 
 def _list(registry: object) -> int:

@@ -114,6 +114,9 @@ class PredictorConfig(_Strict):
         60.0, ge=0, description="At most one predictor-failure warning per this many seconds of arrivals."
     )
     fallback_tokens: int = Field(256, ge=1, description="Length used when the predictor fails for a request.")
+    model_path: str | None = Field(
+        None, description="Model directory of the `onnx` predictor (null: the model shipped with the package)."
+    )
     padding: PaddingConfig = Field(default_factory=PaddingConfig)
 
 
