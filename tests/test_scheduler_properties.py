@@ -247,6 +247,25 @@ def test_random_workload_with_ecoserve_mechanisms_switched(
     ops=[],
     ecoserve={"decode_first": False, "reserve_predicted": False},
 )
+@example(  # found by this test: a request admitted and preempted in one step was parked as swapped
+    cache={"block_size": BLOCK_SIZE, "num_gpu_blocks": 144, "num_cpu_blocks": 0, "max_model_len": 1024},
+    sched={"max_num_seqs": 256, "max_num_batched_tokens": 256},
+    seed=0,
+    specs=[
+        (1, 49, 49, None),
+        (172, 53, 50, None),
+        (207, 19, 19, "batch"),
+        (208, 50, 50, None),
+        (208, 54, 50, None),
+        (220, 53, 50, None),
+        (224, 49, 49, None),
+        (252, 53, 50, None),
+        (252, 53, 50, None),
+        (304, 50, 50, None),
+    ],
+    ops=[],
+    ecoserve={"decode_first": False, "reserve_predicted": False},
+)
 def test_random_workload_ecoserve_prefills_first(
     policy: str,
     cache: dict[str, Any],

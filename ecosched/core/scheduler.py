@@ -295,17 +295,18 @@ class Scheduler:
         if not self._running_tbt[state.slo.tbt_s]:
             del self._running_tbt[state.slo.tbt_s]
 
-    def requeue(self, state: RequestState, to_swapped: bool) -> None:
-        """Move a running request back to the PT queue (recompute) or the GT queue (swapped)."""
+    def requeue(self, state: RequestState, to_swapped: bool, counted: bool = True) -> None:
+        """Move a running request back to the PT queue (recompute) or the GT queue (swapped).
+        `counted=False`: a request taken back in the step that admitted it, which is no preemption."""
         self._leave_running(state)
         state.admit_hint = None
         if to_swapped:
             state.status = RequestStatus.SWAPPED
-            state.num_swaps += 1
+            state.num_swaps += counted
             self.swapped.push(state, self.policy.order.swapped_key(state, self.ledger.cpu_blocks(state.request_id)))
         else:
             state.status = RequestStatus.WAITING
-            state.num_recomputes += 1
+            state.num_recomputes += counted
             state.num_computed_tokens = 0
             self.waiting.push(state, self.policy.order.waiting_key(state))
 

@@ -206,8 +206,16 @@ class StepRunner:
     def _preempt(self, victim: RequestState, b: StepBuilder) -> None:
         rid = victim.request_id
         mode = self.policy.victims.mode(victim, self.s)
+        swapped_in_now = rid in b.swapped_in
         joined_now = self._unschedule(victim, b)
         b.preempted_ids.add(rid)
+        if joined_now and not swapped_in_now:
+            # admitted from the waiting queue in this very step: the engine never saw it join, so it
+            # simply goes back where it was (it holds no KV the engine knows of; nothing to swap)
+            self.ledger.release(rid)
+            self.s.requeue(victim, to_swapped=False, counted=False)
+            self.policy.admission.on_preempt(self.s, victim)
+            return
         if mode is PreemptMode.SWAP and not isinstance(self.ledger.swap_out(rid), Allocated):
             mode = PreemptMode.RECOMPUTE
         if mode is PreemptMode.RECOMPUTE:
