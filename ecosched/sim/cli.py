@@ -69,6 +69,12 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--out", default="results/simulate", help="output directory (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    p.add_argument(
+        "--log-outputs",
+        metavar="FILE",
+        help="append {prompt, output_tokens} of finished requests that carry prompt text (JSONL) for "
+        "`ecosched predictor train --from-log`",
+    )
     p.set_defaults(func=simulate_command)
 
 
@@ -175,7 +181,9 @@ def simulate_command(args: argparse.Namespace) -> int:
         POLICIES.get(name)  # unknown names fail before any work
     profile = load_profile(args.profile)
     workload = load_workload(args, profile.model.max_model_len)
-    setup = Setup(workload, profile, args.config, (f"predictor.seed={args.seed}", *args.set))
+    setup = Setup(
+        workload, profile, args.config, (f"predictor.seed={args.seed}", *args.set), output_log=args.log_outputs
+    )
     variants = [Variant.of(p) for p in policies]
     for v in variants:
         setup.config_for(v)  # bad config fails before any work

@@ -50,6 +50,7 @@ class Setup:
     config_path: str | None = None
     overrides: tuple[str, ...] = ()
     kv_sample_interval_s: float = 1.0
+    output_log: str | None = None  # append (prompt, output tokens) of finished requests with a prompt
 
     def config_for(self, variant: Variant) -> EcoschedConfig:
         return load_config(
@@ -126,8 +127,24 @@ def run_one(
         on_progress=on_progress,
         stop_when=stop,
     )
+    if setup.output_log is not None:
+        _log_outputs(setup.output_log, workload, result.records)
     metrics = compute(variant.label, workload.rate_rps if rate is None else rate, config, result, n)
     return Run(metrics, result.kv_timeline if keep_timeline else [])
+
+
+def _log_outputs(path: str, workload: Workload, records: list[RequestRecord]) -> None:
+    """The prediction log for online learning: what each finished request's prompt really produced."""
+    from ecosched.core.request import FinishReason
+    from ecosched.prediction_log import PredictionLog
+
+    prompts = {r.request_id: r.prompt for r in workload.requests if r.prompt}
+    rows = [
+        (prompts[rec.request_id], rec.num_output_tokens)
+        for rec in records
+        if rec.request_id in prompts and rec.finish_reason is not FinishReason.ABORT and rec.num_output_tokens > 0
+    ]
+    PredictionLog(path).extend(rows)
 
 
 @dataclass

@@ -146,3 +146,32 @@ def test_simulate_help_names_the_outputs(capsys: pytest.CaptureFixture[str]) -> 
     for flag in ("--trace", "--profile", "--policies", "--rates", "--find-capacity", "--out", "--seed"):
         assert flag in out
     assert "results.json" in out
+
+
+def test_simulate_logs_outputs_for_online_learning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ecosched.prediction_log import read_records
+
+    convs = [
+        {
+            "id": f"c{i}",
+            "conversations": [
+                {"from": "human", "value": f"question {i} " + "word " * (5 + i)},
+                {"from": "gpt", "value": "answer " * (3 + 7 * i)},
+            ],
+        }
+        for i in range(12)
+    ]
+    trace = tmp_path / "chat.json"
+    trace.write_text(json.dumps(convs))
+    log = tmp_path / "logs" / "outputs.jsonl"
+    argv = ["simulate", "--trace", str(trace), "--policies", "vllm,sjf", "--rates", "2", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--no-plots", "--json", "--log-outputs", str(log), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    records = read_records(log)
+    assert len(records) == 24  # 12 requests, two policies
+    by_prompt = {r.prompt: r.output_tokens for r in records}
+    assert len(by_prompt) == 12
+    assert all(p.startswith("question") or "question" in p for p in by_prompt)
+    # the logged length is what the engine produced: longer answers give more tokens
+    ordered = [by_prompt[next(p for p in by_prompt if f"question {i} " in p)] for i in range(12)]
+    assert ordered == sorted(ordered) and ordered[0] < ordered[-1]
