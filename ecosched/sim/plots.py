@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,41 +78,41 @@ def _attainment(
 
 
 def _latency(path: Path, curves: dict[str, list[RunMetrics]], title: str) -> Path:
-    plt = _pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for policy, ms in curves.items():
-        rates = [m.rate for m in ms]
-        a.plot(rates, [m.p99_ttft_s for m in ms], marker="o", label=policy)
-        b.plot(rates, [m.p99_tbt_s * 1e3 for m in ms], marker="o", label=policy)
-    a.set_ylabel("p99 TTFT (s)")
-    b.set_ylabel("p99 TBT (ms)")
-    for ax in (a, b):
-        ax.set_xlabel("arrival rate (requests/s)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"tail latency vs rate\n{title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _two_panels(
+        path,
+        curves,
+        ("p99 TTFT (s)", lambda m: m.p99_ttft_s),
+        ("p99 TBT (ms)", lambda m: m.p99_tbt_s * 1e3),
+        f"tail latency vs rate\n{title}",
+    )
 
 
 def _jct(path: Path, curves: dict[str, list[RunMetrics]], title: str) -> Path:
+    return _two_panels(
+        path,
+        curves,
+        ("mean JCT (s)", lambda m: m.mean_jct_s),
+        ("p99 JCT (s)", lambda m: m.p99_jct_s),
+        f"job completion time vs rate\n{title}",
+    )
+
+
+Panel = tuple[str, Callable[[RunMetrics], float]]
+
+
+def _two_panels(path: Path, curves: dict[str, list[RunMetrics]], left: Panel, right: Panel, title: str) -> Path:
+    """Two metrics vs rate side by side, one line per policy, log scale."""
     plt = _pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for policy, ms in curves.items():
-        rates = [m.rate for m in ms]
-        a.plot(rates, [m.mean_jct_s for m in ms], marker="o", label=policy)
-        b.plot(rates, [m.p99_jct_s for m in ms], marker="o", label=policy)
-    a.set_ylabel("mean JCT (s)")
-    b.set_ylabel("p99 JCT (s)")
-    for ax in (a, b):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (label, value) in zip(axes, (left, right), strict=True):
+        for policy, ms in curves.items():
+            ax.plot([m.rate for m in ms], [value(m) for m in ms], marker="o", label=policy)
+        ax.set_ylabel(label)
         ax.set_xlabel("arrival rate (requests/s)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle(f"job completion time vs rate\n{title}", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
