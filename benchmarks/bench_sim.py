@@ -172,29 +172,30 @@ def _jct_at(runs: list[Run], rate: float) -> None:
 
 def _speed(setup: Setup, out: Path, info: dict[str, object]) -> None:
     """The whole trace at its own rate, one process, each policy three times, alternating."""
-    rows: dict[str, list[float]] = {"ecoserve": [], "vllm": []}
+    walls: dict[str, list[float]] = {"ecoserve": [], "vllm": []}
+    steps: dict[str, int] = {}
     n = setup.workload.num_requests
     for _ in range(3):
-        for name in rows:
+        for name in walls:
             t0 = time.perf_counter()
-            m = run_one(setup, Variant.of(name), None).metrics
-            rows[name].append(time.perf_counter() - t0)
-            steps = m.num_steps
+            steps[name] = run_one(setup, Variant.of(name), None).metrics.num_steps
+            walls[name].append(time.perf_counter() - t0)
     result = {
         name: {
             "num_requests": n,
-            "wall_s": walls,
-            "min_s": min(walls),
-            "median_s": statistics.median(walls),
-            "requests_per_s_best": n / min(walls),
+            "num_steps": steps[name],
+            "wall_s": w,
+            "min_s": min(w),
+            "median_s": statistics.median(w),
+            "requests_per_s_best": n / min(w),
         }
-        for name, walls in rows.items()
+        for name, w in walls.items()
     }
-    result["num_steps_last"] = steps  # type: ignore[assignment]
     (out / "speed.json").write_text(json.dumps({"setup": info, "speed": result}, indent=1))
     for name, r in result.items():
-        if isinstance(r, dict):
-            print(f"speed {name}: {n} requests, min {r['min_s']:.1f} s, median {r['median_s']:.1f} s")
+        print(
+            f"speed {name}: {n} requests, {r['num_steps']} steps, min {r['min_s']:.1f} s, median {r['median_s']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import heapq
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ecosched.core.decision import Decision, StepOutcome, Stop
@@ -78,14 +78,13 @@ class SimResult:
     num_blocks: int
     stopped_early: bool = False  # the run was cut short by `stop_when`
     num_unfinished: int = 0  # requests left when it was cut short (never finished)
-    notes: list[str] = field(default_factory=list)
 
 
 def run(
     scheduler: Scheduler,
     requests: Sequence[Request],
     *,
-    engine: LatencyModel | None = None,
+    engine: StepTimeModel | LatencyModel | None = None,
     kv_sample_interval_s: float = 1.0,
     max_steps: int = 50_000_000,
     on_step: Callable[[Decision], None] | None = None,
@@ -94,7 +93,8 @@ def run(
 ) -> SimResult:
     """Run `requests` (each with `true_output_tokens`) through `scheduler` until all have ended.
 
-    `engine` prices each step (default: the scheduler's own latency model). `on_progress(n)` is
+    `engine` prices each step (default: the scheduler's own latency model); a `StepTimeModel` also
+    prices prefill chunks, sampled tokens and swaps exactly. `on_progress(n)` is
     called with the number of newly ended requests; `stop_when(records, now_s)` may cut the run
     short (capacity search stops as soon as a rate has visibly failed).
     """

@@ -15,7 +15,6 @@ Requests the core refused, or still unfinished when a run was cut short, count a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ecosched.config import EcoschedConfig
@@ -70,15 +69,17 @@ class RunMetrics:
         return asdict(self)
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1) of already sorted values, linear between ranks; nan when empty."""
-    n = len(sorted_values)
-    if n == 0:
-        return math.nan
-    pos = q * (n - 1)
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+def percentile(values: object, q: float) -> float:
+    """The q-quantile (0..1) of `values` (any order), linear between ranks; nan when there are none."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    return float(np.quantile(arr, q)) if arr.size else math.nan
+
+
+def meets_ttft(record: RequestRecord, ttft_s: float) -> bool:
+    """True when the request's first token came within `ttft_s` of its arrival."""
+    return record.first_token_s is not None and record.first_token_s - record.arrival_s <= ttft_s
 
 
 def meets_tbt(record: RequestRecord, quantile: float) -> bool:
@@ -93,23 +94,21 @@ def compute(policy: str, rate: float, config: EcoschedConfig, result: SimResult,
     """The metrics of `result`, a run of `num_requests` requests of `config.policy` at `rate`."""
     import numpy as np
 
-    classes = config.slo.classes
+    ttft_s = {name: c.ttft_ms / 1e3 for name, c in config.slo.classes.items()}
     q = config.slo.tbt_quantile
     recs = [r for r in result.records if r.finish_reason is not FinishReason.ABORT]
     ttft_ok = tbt_ok = both_ok = 0
     ttfts, jcts = [], []
     for r in recs:
-        cls = classes[r.slo_class]
-        ttft = (r.first_token_s if r.first_token_s is not None else r.finished_s) - r.arrival_s
-        ttfts.append(ttft)
+        ttfts.append((r.first_token_s if r.first_token_s is not None else r.finished_s) - r.arrival_s)
         jcts.append(r.finished_s - r.arrival_s)
-        a = r.first_token_s is not None and ttft * 1e3 <= cls.ttft_ms
+        a = meets_ttft(r, ttft_s[r.slo_class])
         b = meets_tbt(r, q)
         ttft_ok += a
         tbt_ok += b
         both_ok += a and b
-    ttft_arr = np.sort(np.asarray(ttfts, dtype=float))
-    jct_arr = np.sort(np.asarray(jcts, dtype=float))
+    ttft_arr = np.asarray(ttfts, dtype=float)
+    jct_arr = np.asarray(jcts, dtype=float)
     gaps = np.frombuffer(result.tbt_gaps_s, dtype=float) if len(result.tbt_gaps_s) else np.zeros(0)
     first_arrival = min((r.arrival_s for r in recs), default=0.0)
     duration = max(result.end_s - first_arrival, 1e-9)
@@ -133,17 +132,17 @@ def compute(policy: str, rate: float, config: EcoschedConfig, result: SimResult,
         ttft_attainment=ttft_ok / denom,
         tbt_attainment=tbt_ok / denom,
         mean_ttft_s=_mean(ttft_arr),
-        p50_ttft_s=_q(ttft_arr, 0.5),
-        p90_ttft_s=_q(ttft_arr, 0.9),
-        p99_ttft_s=_q(ttft_arr, 0.99),
+        p50_ttft_s=percentile(ttft_arr, 0.5),
+        p90_ttft_s=percentile(ttft_arr, 0.9),
+        p99_ttft_s=percentile(ttft_arr, 0.99),
         mean_tbt_s=_mean(gaps),
-        p50_tbt_s=_q(gaps, 0.5),
-        p90_tbt_s=_q(gaps, 0.9),
-        p99_tbt_s=_q(gaps, 0.99),
+        p50_tbt_s=percentile(gaps, 0.5),
+        p90_tbt_s=percentile(gaps, 0.9),
+        p99_tbt_s=percentile(gaps, 0.99),
         mean_jct_s=_mean(jct_arr),
-        p50_jct_s=_q(jct_arr, 0.5),
-        p90_jct_s=_q(jct_arr, 0.9),
-        p99_jct_s=_q(jct_arr, 0.99),
+        p50_jct_s=percentile(jct_arr, 0.5),
+        p90_jct_s=percentile(jct_arr, 0.9),
+        p99_jct_s=percentile(jct_arr, 0.99),
         preemptions=result.stats.num_swaps + result.stats.num_recomputes,
         preemptions_swap=result.stats.num_swaps,
         preemptions_recompute=result.stats.num_recomputes,
@@ -152,7 +151,7 @@ def compute(policy: str, rate: float, config: EcoschedConfig, result: SimResult,
         kv_reserved_unused_frac=sum(s.reserved_unused for s in kv) / (len(kv) * total_blocks) if kv else 0.0,
         kv_free_frac=sum(s.free for s in kv) / (len(kv) * total_blocks) if kv else 1.0,
         sched_us_per_step_mean=float(sched.mean() * 1e6),
-        sched_us_per_step_p99=float(np.quantile(sched, 0.99) * 1e6),
+        sched_us_per_step_p99=percentile(sched, 0.99) * 1e6,
         num_steps=result.num_steps,
         sim_wall_s=result.wall_s,
         requests_per_wall_s=len(recs) / max(result.wall_s, 1e-9),
@@ -164,10 +163,3 @@ def _mean(a: object) -> float:
 
     arr = np.asarray(a)
     return float(arr.mean()) if arr.size else math.nan
-
-
-def _q(a: object, q: float) -> float:
-    import numpy as np
-
-    arr = np.asarray(a)
-    return float(np.quantile(arr, q)) if arr.size else math.nan

@@ -13,17 +13,19 @@ rate, which holds for every policy here up to noise; each evaluated point is kep
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ecosched.config import EcoschedConfig, load_config
 from ecosched.core.request import RequestRecord
 from ecosched.factory import build_scheduler
 from ecosched.sim import engine
-from ecosched.sim.metrics import RunMetrics, compute, meets_tbt
+from ecosched.sim.metrics import RunMetrics, compute, meets_tbt, meets_ttft
 from ecosched.sim.profile import Profile
 from ecosched.sim.workload import Workload, retime
 
@@ -93,8 +95,7 @@ class _MissCounter:
 
     def __call__(self, records: list[RequestRecord], now_s: float) -> bool:
         for r in records[self.seen :]:
-            ok = r.first_token_s is not None and r.first_token_s - r.arrival_s <= self.ttft[r.slo_class]
-            if not (ok and meets_tbt(r, self.q)):
+            if not (meets_ttft(r, self.ttft[r.slo_class]) and meets_tbt(r, self.q)):
                 self.missed += 1
         self.seen = len(records)
         return self.missed > self.allowed
@@ -218,17 +219,8 @@ def map_runs(
     on_done: Callable[[Run], None] | None = None,
 ) -> list[Run]:
     """Every (variant, rate) task, in `jobs` processes; results in task order."""
-    if jobs <= 1:
-        out = []
-        for variant, rate in tasks:
-            r = run_one(setup, variant, rate, keep_timeline=keep_timeline_for(variant, rate))
-            if on_done is not None:
-                on_done(r)
-            out.append(r)
-        return out
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, setup, p, r, keep_timeline=keep_timeline_for(p, r)) for p, r in tasks]
-        return _collect(futures, on_done)
+    calls = [functools.partial(run_one, setup, v, r, keep_timeline=keep_timeline_for(v, r)) for v, r in tasks]
+    return _map(calls, jobs, on_done)
 
 
 def map_capacities(
@@ -241,32 +233,33 @@ def map_capacities(
     rel_tol: float,
     on_done: Callable[[Capacity], None] | None = None,
 ) -> list[Capacity]:
-    """`find_capacity` for every variant, in `jobs` processes."""
-    variants = list(variants)
+    """`find_capacity` for every variant, in `jobs` processes; results in variant order."""
+    calls = [
+        functools.partial(find_capacity, setup, v, target=target, start_rate=start_rate, rel_tol=rel_tol)
+        for v in variants
+    ]
+    return _map(calls, jobs, on_done)
+
+
+_T = TypeVar("_T")
+
+
+def _map(calls: Sequence[Callable[[], _T]], jobs: int, on_done: Callable[[_T], None] | None) -> list[_T]:
+    """Each call's result in call order, run here (jobs <= 1) or in `jobs` processes; `on_done` sees
+    results as they complete."""
     if jobs <= 1:
         out = []
-        for p in variants:
-            c = find_capacity(setup, p, target=target, start_rate=start_rate, rel_tol=rel_tol)
+        for call in calls:
+            result = call()
             if on_done is not None:
-                on_done(c)
-            out.append(c)
+                on_done(result)
+            out.append(result)
         return out
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [
-            pool.submit(find_capacity, setup, p, target=target, start_rate=start_rate, rel_tol=rel_tol)
-            for p in variants
-        ]
-        return _collect(futures, on_done)
-
-
-def _collect(futures: list[Future], on_done: Callable | None) -> list:  # type: ignore[type-arg]
-    from concurrent.futures import as_completed
-
-    index = {f: i for i, f in enumerate(futures)}
-    out: list = [None] * len(futures)  # type: ignore[type-arg]
-    for f in as_completed(futures):
-        result = f.result()
-        out[index[f]] = result
-        if on_done is not None:
-            on_done(result)
-    return out
+        futures = {pool.submit(call): i for i, call in enumerate(calls)}
+        done: dict[int, _T] = {}
+        for f in as_completed(futures):
+            done[futures[f]] = f.result()
+            if on_done is not None:
+                on_done(done[futures[f]])
+    return [done[i] for i in range(len(calls))]
