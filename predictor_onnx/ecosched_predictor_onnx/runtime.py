@@ -160,19 +160,32 @@ def to_prediction(est: Estimates, i: int, cap: int) -> Prediction:
     return Prediction(point, qs)
 
 
-class OnnxPredictor:
-    """The `onnx` predictor: one batched model call per `predict`; never raises (falls back instead)."""
+class _FallsBack:
+    """What both `onnx` predictors share: `fallback_tokens` (capped per request) with a rate-limited
+    warning when the model cannot answer."""
 
     name = "onnx"
 
-    def __init__(self, model: LengthModel, fallback_tokens: int, warning_interval_s: float) -> None:
-        self.model = model
+    def __init__(self, fallback_tokens: int, warning_interval_s: float) -> None:
         self.fallback_tokens = fallback_tokens
         self._warn = _RateLimitedWarning(warning_interval_s)
 
     @property
     def num_failures(self) -> int:
         return self._warn.num_failures
+
+    def _fall_back(self, requests: Sequence[Request], message: str, *args: object) -> list[Prediction]:
+        if requests:
+            self._warn(requests[-1].arrival_s, message, *args)
+        return [Prediction(min(self.fallback_tokens, max(1, r.max_output_tokens))) for r in requests]
+
+
+class OnnxPredictor(_FallsBack):
+    """The `onnx` predictor: one batched model call per `predict`; never raises (falls back instead)."""
+
+    def __init__(self, model: LengthModel, fallback_tokens: int, warning_interval_s: float) -> None:
+        super().__init__(fallback_tokens, warning_interval_s)
+        self.model = model
 
     def predict(self, requests: Sequence[Request]) -> list[Prediction]:
         if not requests:
@@ -182,36 +195,23 @@ class OnnxPredictor:
             est = self.model.estimate(prompts)
             return [to_prediction(est, i, r.max_output_tokens) for i, r in enumerate(requests)]
         except Exception as exc:  # NOTE: a predictor failure must never stop a scheduling step
-            self._warn(
-                requests[-1].arrival_s, "onnx predictor failed, predicting %d tokens: %r", self.fallback_tokens, exc
+            return self._fall_back(
+                requests, "onnx predictor failed, predicting %d tokens: %r", self.fallback_tokens, exc
             )
-            return [Prediction(min(self.fallback_tokens, max(1, r.max_output_tokens))) for r in requests]
 
 
-class FallbackPredictor:
+class FallbackPredictor(_FallsBack):
     """Stands in for the `onnx` predictor when its model cannot be loaded: `fallback_tokens` for every
     request, with a rate-limited warning."""
 
-    name = "onnx"
-
     def __init__(self, reason: str, fallback_tokens: int, warning_interval_s: float) -> None:
+        super().__init__(fallback_tokens, warning_interval_s)
         self.reason = reason
-        self.fallback_tokens = fallback_tokens
-        self._warn = _RateLimitedWarning(warning_interval_s)
-
-    @property
-    def num_failures(self) -> int:
-        return self._warn.num_failures
 
     def predict(self, requests: Sequence[Request]) -> list[Prediction]:
-        if requests:
-            self._warn(
-                requests[-1].arrival_s,
-                "onnx predictor unavailable (%s); predicting %d tokens",
-                self.reason,
-                self.fallback_tokens,
-            )
-        return [Prediction(min(self.fallback_tokens, max(1, r.max_output_tokens))) for r in requests]
+        return self._fall_back(
+            requests, "onnx predictor unavailable (%s); predicting %d tokens", self.reason, self.fallback_tokens
+        )
 
 
 def factory(config: EcoschedConfig) -> LengthPredictor:
