@@ -232,7 +232,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load the YAML at `path` (or the defaults) and apply `key.path=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(Path(path))
+        data = read_yaml_mapping(Path(path))
     for item in overrides or []:
         _apply_override(data, item)
     try:
@@ -242,17 +242,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, kind: str = "config", *, allow_empty: bool = True) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; `ConfigError` naming the `kind` of file and its path when
+    it is missing, not YAML, or not a mapping (an empty file is `{}` when `allow_empty`)."""
     try:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
+        raise ConfigError(f"{kind} file not found: {path}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if loaded is None:
+        raise ConfigError(f"{kind} file {path} is not valid YAML: {exc}") from exc
+    if loaded is None and allow_empty:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at top level, found {type(loaded).__name__}")
+        raise ConfigError(f"{kind} file {path}: expected a mapping at top level, found {type(loaded).__name__}")
     return loaded
 
 

@@ -24,10 +24,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from ecosched.config import _Strict
+from ecosched.config import _Strict, read_yaml_mapping
 from ecosched.errors import ConfigError
 
 GIB = 1 << 30
@@ -311,19 +310,7 @@ def load_profile(name_or_path: str) -> Profile:
         if not path.is_file():
             known = ", ".join(list_profiles()) or "none"
             raise ConfigError(f"unknown profile {name_or_path!r} (looked in {profiles_dir()}); known: {known}")
-    return _validate(path, _read_mapping(path))
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"profile file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"profile file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"profile file {path}: expected a mapping at top level, found {type(loaded).__name__}")
-    return loaded
+    return _validate(path, read_yaml_mapping(path, "profile", allow_empty=False))
 
 
 def _validate(path: Path, data: dict[str, Any]) -> Profile:
