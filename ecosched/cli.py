@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_simulate_parser(sub)
     add_profile_parser(sub)
+    from ecosched.serving.bench_cli import add_bench_parser
+
+    add_bench_parser(sub)
 
     pol = sub.add_parser("policies", help="list the registered scheduling policies")
     pol.set_defaults(func=lambda a: _list(POLICIES))

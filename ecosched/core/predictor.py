@@ -47,7 +47,11 @@ class Prediction:
 
 @runtime_checkable
 class LengthPredictor(Protocol):
-    """Predicts output lengths for a batch of requests (one Prediction per request, in order)."""
+    """Predicts output lengths for a batch of requests (one Prediction per request, in order).
+
+    A predictor that reads `Request.prompt` says so with a class attribute `reads_prompt = True`;
+    adapters of engines that hold token ids only then decode the prompt for it (and skip that work
+    for predictors that do not read it)."""
 
     name: str
 

@@ -132,7 +132,7 @@ class Scheduler:
             raise DuplicateRequestError(f"duplicate request ids in one batch: {sorted(ids)}")
         slos = [self._validate(r) for r in requests]
         if predictions is None:
-            predictions = self._predict(requests)
+            predictions = self.predict(requests)
         elif len(predictions) != len(requests):
             raise InvalidRequestError(f"{len(predictions)} predictions for {len(requests)} requests")
         return [self._enqueue(r, slo, p) for r, slo, p in zip(requests, slos, predictions, strict=True)]
@@ -175,7 +175,10 @@ class Scheduler:
             )
         return self.slo_classes[name]
 
-    def _predict(self, requests: Sequence[Request]) -> list[Prediction]:
+    def predict(self, requests: Sequence[Request]) -> list[Prediction]:
+        """The predictor's lengths for `requests`; never raises: when the predictor fails, every
+        request gets `predictor.fallback_tokens` (capped at its max) and the failure is counted.
+        Adapters that predict away from the step (in a thread) call this, then `add_requests`."""
         try:
             predictions = self.predictor.predict(requests)
             if len(predictions) != len(requests):

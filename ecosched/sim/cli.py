@@ -295,7 +295,7 @@ def print_table(runs: Sequence, capacity: dict[str, float], target: float) -> No
     for m in sorted(full, key=lambda m: (m.rate, order[m.policy])):
         print(
             f"{m.policy:24s} {m.rate:9.2f} {m.slo_attainment:9.1%} {m.goodput_rps:9.2f} {m.p99_ttft_s:9.2f} "
-            f"{m.p99_tbt_s * 1e3:8.0f}m {m.mean_jct_s:9.2f} {m.p99_jct_s:9.2f} {m.preemptions:9d} "
+            f"{m.p99_tbt_s * 1e3:8.0f}m {m.mean_jct_s:9.2f} {m.p99_jct_s:9.2f} {m.preemptions:9.0f} "
             f"{m.kv_used_frac:9.1%}"
         )
 

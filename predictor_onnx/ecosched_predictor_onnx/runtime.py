@@ -165,6 +165,7 @@ class _FallsBack:
     warning when the model cannot answer."""
 
     name = "onnx"
+    reads_prompt = True  # engines that see token ids only decode the prompt for it (see the vLLM adapter)
 
     def __init__(self, fallback_tokens: int, warning_interval_s: float) -> None:
         self.fallback_tokens = fallback_tokens

@@ -1,0 +1,170 @@
+"""`ecosched bench`: replay a workload against a live OpenAI-compatible server and write the same
+results.json, results.csv and plots as `ecosched simulate`, so real and simulated runs compare side by
+side. The HTTP client (aiohttp) is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ecosched.errors import ConfigError
+
+DESCRIPTION = """\
+Replay a trace (or a synthetic workload) against an OpenAI-compatible endpoint, open loop: each
+request is sent at its arrival time (re-timed to each --rate) whatever the others are doing, as a
+streaming POST /v1/completions with a prompt of exactly the trace's number of token ids and the
+trace's output length forced with max_tokens and ignore_eos. TTFT and every token's arrival are timed
+from the client. Writes DIR/results.json and DIR/results.csv (the schema of `ecosched simulate`),
+DIR/requests.jsonl (one line per request) and PNG plots.
+
+Lengths: --length-scale F multiplies prompt and output lengths (to fit Azure-like lengths into a small
+model's context), then clamps them to 1 <= prompt, 1 <= output <= --max-output-tokens and
+prompt + output <= --max-model-len (default: the max_model_len that GET /v1/models reports, as vLLM
+does). Requests whose scaled prompt leaves no room for an output token are skipped and counted.
+
+ecosched's in-engine scheduler receives per request vllm_xargs = {ecosched_slo_class,
+ecosched_true_output_tokens, ecosched_max_tokens}. The engine is forced to stop at the trace's length
+by max_tokens, but the scheduler is told the limit a real client would have declared
+(--declared-max-tokens context: max_model_len - prompt; exact: the trace's length), so max_tokens is
+not a free length oracle. --no-xargs sends a plain OpenAI body (no vllm_xargs, no
+continuous_usage_stats) for endpoints that reject unknown fields.
+
+Server-side columns come from GET /metrics (vLLM: preemptions, KV usage sampled every 0.5 s) and from
+--sched-stats; what is missing is NaN and explained in setup.notes of results.json. Capacity is the
+highest swept rate whose SLO attainment (TTFT and TBT, targets from --config/--set) is >= --target.
+"""
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "bench",
+        help="load-test a live OpenAI-compatible server with a trace; results comparable with `simulate`",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is ok)")
+    p.add_argument("--model", help="model name to request (default: the first of GET /v1/models)")
+    p.add_argument(
+        "--trace",
+        default="synthetic",
+        help="a trace file (Azure CSV, Mooncake JSONL, ShareGPT JSON) or 'synthetic' (default: %(default)s)",
+    )
+    p.add_argument("--format", choices=("azure", "mooncake", "sharegpt"), help="trace format (default: detected)")
+    p.add_argument("--num-requests", type=int, default=200, help="requests per run (default: %(default)s)")
+    p.add_argument("--rate", type=float, help="arrival rate (requests/s) to re-time the workload to")
+    p.add_argument("--rates", help="comma-separated rates: one run each, same workload (a sweep)")
+    p.add_argument(
+        "--synthetic-rate", type=float, default=5.0, help="synthetic: native arrival rate (default: %(default)s)"
+    )
+    p.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson", help="synthetic arrival process")
+    p.add_argument(
+        "--burstiness", type=float, default=1.0, help="synthetic gamma: CV of inter-arrival gaps (default: %(default)s)"
+    )
+    p.add_argument("--slo-mix", help="SLO classes drawn per request, e.g. interactive=0.7,batch=0.3 (default: none)")
+    p.add_argument("--max-model-len", type=int, help="context length (default: from GET /v1/models)")
+    p.add_argument(
+        "--length-scale", type=float, default=1.0, help="multiply prompt and output lengths (default: %(default)s)"
+    )
+    p.add_argument("--max-output-tokens", type=int, default=1024, help="per-request output cap (default: %(default)s)")
+    p.add_argument(
+        "--on-too-long",
+        choices=("skip", "error"),
+        default="skip",
+        help="prompts too long: skip or fail (default: skip)",
+    )
+    p.add_argument(
+        "--vocab-range",
+        default="10,1000",
+        metavar="LO,HI",
+        help="prompt token ids drawn from [LO, HI] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--declared-max-tokens",
+        choices=("context", "exact"),
+        default="context",
+        help="ecosched_max_tokens told to the scheduler: max_model_len - prompt, or the forced length (default: context)",
+    )
+    p.add_argument("--no-xargs", action="store_true", help="plain OpenAI body: no vllm_xargs, no continuous usage")
+    p.add_argument(
+        "--max-duration-s", type=float, default=600.0, help="cut a run off after this long (default: %(default)s)"
+    )
+    p.add_argument("--sched-stats", metavar="PATH", help="float64 schedule() durations the server appends to")
+    p.add_argument("--target", type=float, default=0.9, help="SLO attainment that defines capacity (default: 0.9)")
+    p.add_argument("--label", default="bench", help="the 'policy' column of the results (default: %(default)s)")
+    p.add_argument("--config", help="YAML config whose slo section sets the targets (default: built-in)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload and prompt ids (default: 0)")
+    p.add_argument("--out", default="results/bench", help="output directory (default: %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    from ecosched.config import load_config
+    from ecosched.serving.bench_runner import BenchPlan, run_bench
+    from ecosched.sim.cli import _rates, print_table, write_results
+
+    if args.rate is not None and args.rates:
+        raise ConfigError("bench: give --rate or --rates, not both")
+    rates = _rates(args.rates) if args.rates else _rates(str(args.rate)) if args.rate is not None else []
+    _check_args(args)
+    config = load_config(args.config, args.set)
+    plan = BenchPlan(args, config, rates, _vocab(args.vocab_range))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(run_bench(plan))
+    capacity = _capacity(result.runs, args.label, args.target)
+    paths = write_results(out, result.runs, capacity, result.setup)
+    jsonl = out / "requests.jsonl"
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in result.request_lines))
+    paths.append(jsonl)
+    if not args.no_plots:
+        from ecosched.sim.plots import plot_all
+
+        title = f"{result.setup['workload']} against {result.setup['model']} at {args.url}"
+        paths += plot_all(out, result.runs, capacity=capacity, target=args.target, timelines={}, title=title)
+    if args.json:
+        print(paths[0].read_text(), end="")
+    else:
+        print_table(result.runs, capacity, args.target)
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    checks: list[tuple[str, Any, bool]] = [
+        ("--num-requests", args.num_requests, args.num_requests >= 1),
+        ("--length-scale", args.length_scale, args.length_scale > 0 and math.isfinite(args.length_scale)),
+        ("--max-duration-s", args.max_duration_s, args.max_duration_s > 0),
+        ("--target", args.target, 0 < args.target <= 1),
+        ("--max-output-tokens", args.max_output_tokens, args.max_output_tokens >= 1),
+    ]
+    if args.max_model_len is not None:
+        checks.append(("--max-model-len", args.max_model_len, args.max_model_len >= 2))
+    for flag, value, ok in checks:
+        if not ok:
+            raise ConfigError(f"{flag}: out of range ({value})")
+
+
+def _vocab(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--vocab-range: expected LO,HI integers, got {text!r}") from None
+    if not 0 <= lo <= hi:
+        raise ConfigError(f"--vocab-range: expected 0 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _capacity(runs: list[Any], label: str, target: float) -> dict[str, float]:
+    """The highest swept rate meeting `target`; empty when none does."""
+    met = [m.rate for m in runs if m.slo_attainment >= target]
+    return {label: max(met)} if met else {}
