@@ -144,7 +144,9 @@ def make_request(
 
 def model_output(sched: Any, so: SchedulerOutput, token: Callable[[str], int] = lambda rid: 7) -> ModelRunnerOutput:
     """What the model runner returns: one sampled token per request whose step completed its known
-    tokens, nothing for a prefill chunk that is not the last."""
+    tokens, nothing for a prefill chunk that is not the last. Call it right after `schedule()` (as
+    the runner decides when it runs the step), not at update time, when with two steps in flight a
+    request's prefill may already look complete."""
     ids = list(so.num_scheduled_tokens)
     sampled = []
     for rid in ids:
@@ -184,7 +186,7 @@ def drive(
     each running request's blocks in vLLM are compared with the core's ledger (when the scheduler
     has one), the check the issue asks for."""
     trace = Trace()
-    in_flight: list[SchedulerOutput] = []
+    in_flight: list[tuple[SchedulerOutput, ModelRunnerOutput]] = []
     arrivals = dict(arrivals or {})
     while sched.has_requests() or in_flight or arrivals:
         for r in arrivals.pop(trace.steps, ()):
@@ -199,14 +201,14 @@ def drive(
                 trace.ledger_compared += 1
             if on_step is not None:
                 on_step(trace.steps, so)
-            in_flight.append(so)
+            in_flight.append((so, model_output(sched, so, token)))
             if len(in_flight) < depth and sched.has_requests():
                 continue
         if not in_flight:
             trace.steps += 1  # an idle step: let the next arrival come
             continue
-        so = in_flight.pop(0)
-        outs = sched.update_from_output(so, model_output(sched, so, token))
+        so, result = in_flight.pop(0)
+        outs = sched.update_from_output(so, result)
         for eco in outs.values():
             for o in eco.outputs:
                 trace.outputs.setdefault(o.request_id, []).extend(o.new_token_ids)
