@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     add_simulate_parser(sub)
     add_profile_parser(sub)
     from ecosched.serving.bench_cli import add_bench_parser
+    from ecosched.serving.serve_cli import add_serve_parser
 
+    add_serve_parser(sub)
     add_bench_parser(sub)
 
     pol = sub.add_parser("policies", help="list the registered scheduling policies")

@@ -56,7 +56,9 @@ from ecosched_adapters.vllm.settings import AdapterSettings
 from ecosched_adapters.vllm.stats import StepStats
 from ecosched_adapters.vllm.version import check_vllm_version
 
-logger = logging.getLogger(__name__)
+# A child of vLLM's logger: it runs in vLLM's engine-core process, where vLLM configures the "vllm"
+# logger's handlers and format; ours then prints beside vLLM's own lines.
+logger = logging.getLogger("vllm.ecosched")
 
 # Per-request fields a client may pass in `vllm_xargs` (vLLM hands them to the scheduler unchanged
 # as `sampling_params.extra_args`).

@@ -1,0 +1,169 @@
+"""`ecosched serve --backend vllm`: start an engine's OpenAI-compatible server with ecosched in charge.
+
+For vLLM the command builds the server's command line and environment, then replaces itself with
+the server process (so signals and exit codes are the server's own):
+
+- `--scheduler-cls ecosched_adapters.vllm.scheduler.EcoschedScheduler`, with the resolved ecosched
+  configuration in `ECOSCHED_CONFIG_JSON` (see `ecosched_adapters/vllm/settings.py`);
+- `--no-ecosched` (or `--policy vllm`): stock vLLM, for comparison. With `--stats`, its scheduler is
+  `TimedAsyncScheduler`, vLLM's own scheduler timed the same way as ecosched's;
+- 127.0.0.1 unless `--host` says otherwise; `--no-enable-prefix-caching` (the ecosched scheduler does
+  not use prefix-cache hits; stock vLLM gets the same flag so the two compare on equal terms);
+- on the CPU build of vLLM: `VLLM_TARGET_DEVICE=cpu`, `VLLM_CPU_KVCACHE_SPACE` (GiB, required by vLLM
+  on CPU; `--kv-cache-gib`) and `--enforce-eager` (starts about 25 s faster).
+Arguments after `--` go to vLLM unchanged (for example `--max-model-len 512 --num-gpu-blocks-override 64`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ecosched.config import load_config
+from ecosched.errors import ConfigError
+
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+STOCK_POLICIES = ("vllm",)  # names that mean "vLLM's own scheduler", not the core's vllm baseline
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve",
+        help="start an engine's OpenAI-compatible server with the ecosched scheduler in charge",
+        description=(
+            "Start an OpenAI-compatible server whose scheduling is done by the ecosched core. "
+            "Backends: vllm (the core runs inside vLLM's engine as its scheduler class). "
+            "Arguments after `--` are passed to the engine unchanged."
+        ),
+        epilog=(
+            "examples:\n"
+            "  ecosched serve --backend vllm --model ./tiny-llama\n"
+            "  ecosched serve --backend vllm --model ./tiny-llama --policy sarathi --set slo.default_class=batch\n"
+            "  ecosched serve --backend vllm --model ./tiny-llama --no-ecosched -- --max-model-len 512\n"
+            "per-request fields (completions `vllm_xargs`): ecosched_slo_class, ecosched_max_tokens "
+            "(the limit the client declares), ecosched_true_output_tokens (oracle predictors only)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--backend", choices=["vllm"], default="vllm", help="engine to run (default: vllm)")
+    p.add_argument("--model", required=True, help="local model directory (Hugging Face layout)")
+    p.add_argument("--policy", help="ecosched policy (see `ecosched policies`; default: the config's, ecoserve)")
+    p.add_argument(
+        "--no-ecosched",
+        action="store_true",
+        help="run the engine's own scheduler (stock vLLM), for comparison; same as --policy vllm",
+    )
+    p.add_argument("--config", help="ecosched YAML config (default: built-in defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument(
+        "--predictor",
+        help="length predictor (see `ecosched predictors`; default: onnx when onnxruntime is installed, "
+        "else the config's)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=1.0,
+        help="KV cache size on the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE, GiB; default 1; an existing "
+        "environment value wins)",
+    )
+    p.add_argument("--stats", metavar="PATH", help="record schedule() wall times and counters here (see `ecosched bench --sched-stats`)")
+    p.add_argument("--check-ledger", action="store_true", help="compare vLLM's blocks with the core's ledger every step")
+    p.add_argument("--dry-run", action="store_true", help="print the command and environment instead of starting")
+    p.add_argument("engine_args", nargs=argparse.REMAINDER, help="after `--`: arguments for the engine")
+    p.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    argv, env = vllm_command(args)
+    if args.dry_run:
+        shown = {k: v for k, v in env.items() if k.startswith(("ECOSCHED_", "VLLM_"))}
+        print(json.dumps({"argv": argv, "env": shown}, indent=1))
+        return 0
+    print("ecosched serve: " + shlex.join(argv), file=sys.stderr, flush=True)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
+
+
+def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The vLLM server's argv and environment for `args` (nothing is started)."""
+    from ecosched_adapters.vllm import SCHEDULER_CLS, TIMED_STOCK_CLS
+    from ecosched_adapters.vllm.settings import CHECK_LEDGER_ENV, STATS_ENV, config_env
+    from ecosched_adapters.vllm.version import check_vllm_version, installed_vllm_version
+
+    found = installed_vllm_version()
+    check_vllm_version(found)
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"--model {args.model}: no config.json there (a local Hugging Face model directory is needed)")
+    extra = list(args.engine_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    stock = args.no_ecosched or args.policy in STOCK_POLICIES
+    env = dict(os.environ)
+    argv = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model), "--host", args.host, "--port", str(args.port)]
+    if not _has_flag(extra, "--enable-prefix-caching", "--no-enable-prefix-caching"):
+        argv.append("--no-enable-prefix-caching")
+    if stock:
+        if args.stats:
+            argv += ["--scheduler-cls", TIMED_STOCK_CLS]
+    else:
+        overrides = list(args.set)
+        if args.policy:
+            overrides.append(f"policy={args.policy}")
+        predictor = args.predictor or _default_predictor(args.config, overrides)
+        if predictor:
+            overrides.append(f"predictor.kind={predictor}")
+        config = load_config(args.config, overrides)
+        env.update(config_env(config))
+        argv += ["--scheduler-cls", SCHEDULER_CLS]
+        if args.check_ledger:
+            env[CHECK_LEDGER_ENV] = "1"
+    if args.stats:
+        env[STATS_ENV] = str(Path(args.stats).resolve())
+    if _is_cpu_build():
+        env.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{args.kv_cache_gib:g}")
+        if not _has_flag(extra, "--enforce-eager", "--no-enforce-eager"):
+            argv.append("--enforce-eager")
+    return argv + extra, env
+
+
+def _has_flag(args: list[str], *names: str) -> bool:
+    return any(a.split("=", 1)[0] in names for a in args)
+
+
+def _is_cpu_build() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def _default_predictor(config_path: str | None, overrides: list[str]) -> str | None:
+    """`onnx` when neither the config nor the overrides name a predictor and onnxruntime is installed."""
+    if any(o.split("=", 1)[0].strip() == "predictor.kind" for o in overrides):
+        return None
+    if config_path is not None and "kind" in _predictor_fields(config_path):
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    return "onnx"
+
+
+def _predictor_fields(config_path: str) -> set[str]:
+    from ecosched.config import read_yaml_mapping
+
+    section = read_yaml_mapping(Path(config_path)).get("predictor") or {}
+    return set(section) if isinstance(section, dict) else set()
