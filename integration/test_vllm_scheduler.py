@@ -14,17 +14,22 @@ from typing import Any
 
 import pytest
 
-from ecosched.config import load_config
-from ecosched_adapters.vllm.scheduler import (
+from integration.conftest import VLLM_INSTALL_HINT, VLLM_MODULES, require_modules
+
+require_modules("vLLM", VLLM_MODULES, VLLM_INSTALL_HINT, module_level=True)
+
+from ecosched_adapters.vllm.scheduler import (  # noqa: E402
     XARG_MAX_TOKENS,
     XARG_SLO_CLASS,
     XARG_TRUE_OUTPUT,
     AdapterStateError,
     EcoschedScheduler,
 )
-from vllm.v1.core.sched.async_scheduler import AsyncScheduler
-from vllm.v1.request import RequestStatus
-from vllm_sched_harness import (
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
+from vllm.v1.request import RequestStatus  # noqa: E402
+
+from ecosched.config import load_config  # noqa: E402
+from integration.vllm_sched_harness import (  # noqa: E402
     assert_nothing_held,
     compare,
     create_scheduler,
@@ -42,7 +47,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def eco(model_dir: Path, *overrides: str, **kw: Any) -> Any:
-    config = load_config(None, ["policy=ecoserve", "predictor.kind=constant", "predictor.constant_tokens=32", *overrides])
+    config = load_config(
+        None, ["policy=ecoserve", "predictor.kind=constant", "predictor.constant_tokens=32", *overrides]
+    )
     return create_scheduler(EcoschedScheduler, model_dir, config=config, **kw)
 
 
@@ -278,3 +285,20 @@ def test_stats_file_records_every_schedule_call(model_dir: Path, tmp_path: Path)
     counters = json.loads(Path(str(path) + ".json").read_text())
     assert counters["steps"] == trace.steps and counters["ledger_mismatches"] == 0
     assert counters["num_finished"] == 4 and counters["core_requests"] == 0
+
+
+def test_the_onnx_predictor_reads_the_decoded_prompt(tiny_model: Path) -> None:
+    """Predictors that read text get the prompt decoded with the model's tokenizer, off the step
+    (in the prediction thread); the prediction is the one the ONNX model gives for that text."""
+    import dataclasses
+
+    s = eco(tiny_model, "predictor.kind=onnx", num_blocks=60)
+    request = make_request("a", 40, 30)
+    s.add_request(request)
+    s.schedule()
+    state = s.core.get("a")
+    text = s._tokenizer.decode(request.prompt_token_ids, skip_special_tokens=True)
+    assert text.strip()
+    core_request = dataclasses.replace(state.request, prompt=text)
+    assert state.predicted_output_tokens == s.core.predictor.predict([core_request])[0].num_tokens
+    assert s.core.stats.num_predictor_failures == 0

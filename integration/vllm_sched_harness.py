@@ -18,6 +18,7 @@ from typing import Any
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 import torch
+from ecosched_adapters.vllm.settings import CHECK_LEDGER_ENV, CONFIG_ENV, STATS_ENV
 from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import sha256
@@ -29,7 +30,6 @@ from vllm.v1.request import Request
 from vllm.v1.structured_output import StructuredOutputManager
 
 from ecosched.config import EcoschedConfig
-from ecosched_adapters.vllm.settings import CHECK_LEDGER_ENV, CONFIG_ENV, STATS_ENV
 
 EOS = 2
 _hash_ready = False
@@ -132,7 +132,9 @@ def make_request(
     stop_token_ids: list[int] | None = None,
     first_token: int = 100,
 ) -> Request:
-    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, stop_token_ids=stop_token_ids, extra_args=extra_args)
+    params = SamplingParams(
+        max_tokens=max_tokens, ignore_eos=True, stop_token_ids=stop_token_ids, extra_args=extra_args
+    )
     return Request(
         request_id=request_id,
         prompt_token_ids=[first_token + (k % 500) for k in range(prompt_len)],

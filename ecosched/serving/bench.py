@@ -9,11 +9,13 @@ sees exactly the trace's prompt length, whatever its tokenizer) and whose output
 Token timing. A server may pack several tokens into one SSE chunk under load, so a chunk is not a
 token. We ask for `stream_options.continuous_usage_stats` (vLLM, SGLang), which puts the running
 `usage.completion_tokens` on every chunk: a chunk carries that count minus the previous one. Without
-it (`--no-xargs`) a chunk with text counts as one token. A chunk's k tokens split the gap since the
-previous token evenly (k gaps of gap/k), except the first chunk, whose tokens all arrive at once. The
-final usage decides the request's token count; tokens it reports beyond those counted on chunks are
-added the same way at the end of the stream (over the gap from the last counted token to [DONE]). A request whose final count differs from `max_tokens`
-(or that got no final usage) is a mismatch: counted, kept in the metrics.
+it (`--no-xargs`) a chunk counts as one token unless it is an empty chunk that only says why the
+stream ended (vLLM sends a chunk per engine output even when its detokenizer holds the text back).
+A chunk's k tokens split the gap since the previous token evenly (k gaps of gap/k), except the first
+chunk, whose tokens all arrive at once. The final usage decides the request's token count; tokens it
+reports beyond those counted on chunks are added the same way at the end of the stream (over the gap
+from the last counted token to [DONE]). A request whose final count differs from `max_tokens` (or
+that got no final usage) is a mismatch: counted, kept in the metrics.
 
 TTFT is the first token minus the send time. In open loop the send time is the scheduled arrival; when
 the sender falls behind, the actual send time is used and the lag counted, so client overload is not
@@ -23,11 +25,12 @@ billed to the server.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -131,7 +134,7 @@ def prompt_ids(request: BenchRequest, seed: int, vocab: tuple[int, int]) -> list
     (random ids, so prefix caching cannot share work between requests)."""
     rng = random.Random(f"prompt:{seed}:{request.request_id}")
     lo, hi = vocab
-    return [rng.randint(lo, hi) for _ in range(request.num_prompt_tokens)]
+    return rng.choices(range(lo, hi + 1), k=request.num_prompt_tokens)
 
 
 def completion_body(
@@ -211,8 +214,8 @@ class _Stream:
         self.outcome = outcome
 
     def on_chunk(self, chunk: dict[str, Any], now: float) -> None:
-        if "error" in chunk:
-            raise _StreamError(f"error mid-stream: {json.dumps(chunk['error'])[:200]}")
+        if "error" in chunk or chunk.get("object") == "error":  # vLLM's two shapes of a mid-stream error
+            raise _StreamError(f"error mid-stream: {json.dumps(chunk.get('error', chunk))[:200]}")
         choices = chunk.get("choices") or []
         usage = chunk.get("usage")
         count = usage.get("completion_tokens") if isinstance(usage, dict) else None
@@ -225,7 +228,7 @@ class _Stream:
         if count is not None:  # running usage: the chunk carries what the count grew by
             new = count - len(self.outcome.token_times_s)
         else:
-            new = 1 if any(c.get("text") for c in choices) else 0
+            new = 1 if any(c.get("text") or c.get("token_ids") or not c.get("finish_reason") for c in choices) else 0
         self.add_tokens(new, now)
 
     def add_tokens(self, k: int, now: float) -> None:
@@ -282,7 +285,6 @@ class RunOutcome:
     rate: float
     outcomes: list[Outcome]
     wall_s: float
-    kv_samples: list[float] = field(default_factory=list)
 
     @property
     def num_unfinished(self) -> int:
@@ -309,12 +311,12 @@ async def run_open_loop(
     rate: float,
     max_duration_s: float,
     on_done: Callable[[Outcome], None] = lambda o: None,
-    sample: Callable[[], Any] | None = None,
+    sample: Callable[[float], Awaitable[None]] | None = None,
     sample_interval_s: float = 0.5,
 ) -> RunOutcome:
     """Fire each body at its request's arrival time and wait for all, at most `max_duration_s`; what is
-    still running then is cancelled and stays unfinished. `sample` (a coroutine function returning a
-    number or None) is awaited every `sample_interval_s` during the run."""
+    still running then is cancelled and stays unfinished. `sample(now_s)`, a coroutine function, is
+    awaited every `sample_interval_s` during the run (to read the server's gauges)."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
 
@@ -328,14 +330,10 @@ async def run_open_loop(
         await stream_one(session, url, body, outcome, clock)
         on_done(outcome)
 
-    samples: list[float] = []
-
     async def sampler() -> None:
         assert sample is not None
         while True:
-            value = await sample()
-            if value is not None:
-                samples.append(value)
+            await sample(clock())
             await asyncio.sleep(sample_interval_s)
 
     side = asyncio.create_task(sampler()) if sample is not None else None
@@ -347,7 +345,7 @@ async def run_open_loop(
     for o in outcomes:
         if o.finished_s is None and o.error is None:
             o.token_times_s.clear()  # cut off: unfinished, not a partial measurement
-    return RunOutcome(rate, outcomes, clock(), samples)
+    return RunOutcome(rate, outcomes, clock())
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -358,7 +356,7 @@ def to_record(outcome: Outcome, tbt_s: float) -> RequestRecord:
     r = outcome.request
     times = outcome.token_times_s
     start = outcome.send_s if outcome.send_s is not None else r.arrival_s
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return RequestRecord(
         request_id=r.request_id,
         slo_class=r.slo_class,
@@ -384,7 +382,7 @@ def tbt_gaps(outcomes: Sequence[Outcome]) -> list[float]:
     for o in outcomes:
         if o.ok:
             t = o.token_times_s
-            gaps += [b - a for a, b in zip(t, t[1:], strict=False)]
+            gaps += [b - a for a, b in itertools.pairwise(t)]
     return gaps
 
 

@@ -87,7 +87,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "--declared-max-tokens",
         choices=("context", "exact"),
         default="context",
-        help="ecosched_max_tokens told to the scheduler: max_model_len - prompt, or the forced length (default: context)",
+        help="ecosched_max_tokens told to the scheduler: max_model_len - prompt, or the forced length "
+        "(default: context)",
     )
     p.add_argument("--no-xargs", action="store_true", help="plain OpenAI body: no vllm_xargs, no continuous usage")
     p.add_argument(
@@ -129,7 +130,9 @@ def bench_command(args: argparse.Namespace) -> int:
         from ecosched.sim.plots import plot_all
 
         title = f"{result.setup['workload']} against {result.setup['model']} at {args.url}"
-        paths += plot_all(out, result.runs, capacity=capacity, target=args.target, timelines={}, title=title)
+        paths += plot_all(
+            out, result.runs, capacity=capacity, target=args.target, timelines=result.timelines, title=title
+        )
     if args.json:
         print(paths[0].read_text(), end="")
     else:

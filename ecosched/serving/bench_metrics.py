@@ -69,7 +69,6 @@ def _server_fields(server: ServerDelta) -> dict[str, Any]:
     kv = server.kv_used_samples
     used = sum(kv) / len(kv) if kv else nan
     sched = server.sched_durations_s
-    has_sched = sched is not None and len(sched) > 0
     return {
         "preemptions": _int_or_nan(pre),
         "preemptions_swap": _int_or_nan(swap),
@@ -78,9 +77,9 @@ def _server_fields(server: ServerDelta) -> dict[str, Any]:
         "kv_used_frac": used,
         "kv_reserved_unused_frac": 0.0 if kv else nan,
         "kv_free_frac": 1.0 - used,
-        "sched_us_per_step_mean": sum(sched) / len(sched) * 1e6 if has_sched and sched else nan,
-        "sched_us_per_step_p99": percentile(sched, 0.99) * 1e6 if has_sched else nan,
-        "num_steps": len(sched) if has_sched and sched else nan,
+        "sched_us_per_step_mean": sum(sched) / len(sched) * 1e6 if sched else nan,
+        "sched_us_per_step_p99": percentile(sched, 0.99) * 1e6 if sched else nan,
+        "num_steps": len(sched) if sched else nan,
     }
 
 

@@ -4,6 +4,7 @@ it once per rate, reading the server's counters around each run."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from ecosched.serving.bench import (
     LAG_TOLERANCE_S,
     BenchError,
     BenchRequest,
+    Outcome,
     RunOutcome,
     ServerInfo,
     bench_requests,
@@ -28,7 +30,12 @@ from ecosched.serving.bench import (
     run_open_loop,
 )
 from ecosched.serving.bench_metrics import ServerDelta, run_metrics, server_notes
+from ecosched.sim.engine import KVSample
 from ecosched.sim.metrics import RunMetrics
+
+# NOTE: the server writes --sched-stats in batches (ecosched_adapters.vllm.stats flushes at most once a
+# second); waiting this long after a run lets a time-based flush land before the file is read.
+SCHED_SETTLE_S = 1.2
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class BenchPlan:
 
     @property
     def base_url(self) -> str:
-        url = self.args.url.rstrip("/")
+        url: str = self.args.url.rstrip("/")
         return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
@@ -53,6 +60,7 @@ class BenchResult:
     runs: list[RunMetrics] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
     request_lines: list[dict[str, object]] = field(default_factory=list)
+    timelines: dict[str, tuple[float, list[KVSample]]] = field(default_factory=dict)  # for kv_split.png
 
 
 async def run_bench(plan: BenchPlan) -> BenchResult:
@@ -69,8 +77,12 @@ async def run_bench(plan: BenchPlan) -> BenchResult:
         )
         result = BenchResult(setup=_setup(plan, workload, model, max_model_len))
         notes: set[str] = set()
-        for rate in plan.rates or [workload.rate_rps]:
-            run, delta, has_metrics = await _one_rate(session, plan, workload, rate, model, max_model_len)
+        rates = plan.rates or [workload.rate_rps]
+        kv_rate = rates[len(rates) // 2]  # the KV plot shows one run, the middle rate as in `simulate`
+        for rate in rates:
+            run, delta, timeline, has_metrics = await _one_rate(session, plan, workload, rate, model, max_model_len)
+            if timeline and (rate == kv_rate or not result.timelines):
+                result.timelines = {plan.args.label: (rate, timeline)}
             result.runs.append(run_metrics(plan.args.label, run, plan.config, delta))
             result.request_lines += [o.as_json(rate) for o in run.outcomes]
             result.setup["bench"].append(_run_extras(run))
@@ -104,7 +116,7 @@ def _workload(plan: BenchPlan, max_model_len: int) -> Any:
 
 async def _one_rate(
     session: aiohttp.ClientSession, plan: BenchPlan, workload: Any, rate: float, model: str, max_model_len: int
-) -> tuple[RunOutcome, ServerDelta, bool]:
+) -> tuple[RunOutcome, ServerDelta, list[KVSample], bool]:
     from tqdm import tqdm
 
     from ecosched.sim.workload import retime
@@ -124,22 +136,32 @@ async def _one_rate(
     sched_before = sched.snapshot() if sched else None
     metrics_before = await get_metrics_text(session, plan.base_url)
 
-    async def kv_usage() -> float | None:
+    points: list[server_stats.KVPoint] = []
+
+    async def kv_usage(now_s: float) -> None:
         text = await get_metrics_text(session, plan.base_url)
-        return server_stats.gauge(server_stats.parse_prometheus(text), server_stats.KV_USAGE) if text else None
+        point = server_stats.kv_point(text, now_s) if text else None
+        if point is not None:
+            points.append(point)
 
     with tqdm(total=len(bodies), desc=f"{rate:g} req/s", unit="req", disable=True if args.quiet else None) as bar:
+
+        def done(outcome: Outcome) -> None:
+            bar.update(1)
+
         run = await run_open_loop(
             session,
             f"{plan.base_url}/v1/completions",
             bodies,
             rate=rate,
             max_duration_s=args.max_duration_s,
-            on_done=lambda o: bar.update(1),
+            on_done=done,
             sample=kv_usage if metrics_before is not None else None,
         )
+    if sched is not None:
+        await asyncio.sleep(SCHED_SETTLE_S)
     metrics_after = await get_metrics_text(session, plan.base_url)
-    delta = ServerDelta(kv_used_samples=run.kv_samples)
+    delta = ServerDelta(kv_used_samples=[p.used_frac for p in points])
     if metrics_before is not None and metrics_after is not None:
         before = server_stats.counter(server_stats.parse_prometheus(metrics_before), server_stats.PREEMPTIONS)
         after = server_stats.counter(server_stats.parse_prometheus(metrics_after), server_stats.PREEMPTIONS)
@@ -150,7 +172,20 @@ async def _one_rate(
         delta.preemptions = counters.get("preemptions", delta.preemptions)
         delta.preemptions_swap = counters.get("preemptions_swap")
         delta.num_pipelined = counters.get("num_pipelined")
-    return run, delta, metrics_before is not None
+    blocks = server_stats.num_gpu_blocks(metrics_before) if metrics_before else None
+    return run, delta, _timeline(points, blocks), metrics_before is not None
+
+
+def _timeline(points: list[server_stats.KVPoint], num_blocks: int | None) -> list[KVSample]:
+    """The KV samples in blocks for kv_split.png; none when the server does not say its block count.
+    vLLM reserves no blocks ahead, so everything is used or free."""
+    if not num_blocks:
+        return []
+    out = []
+    for p in points:
+        used = round(p.used_frac * num_blocks)
+        out.append(KVSample(p.t_s, used, 0, num_blocks - used, p.num_running, p.num_waiting))
+    return out
 
 
 def _body(plan: BenchPlan, request: BenchRequest, model: str) -> dict[str, object]:

@@ -58,7 +58,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="run the engine's own scheduler (stock vLLM), for comparison; same as --policy vllm",
     )
     p.add_argument("--config", help="ecosched YAML config (default: built-in defaults)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
     p.add_argument(
         "--predictor",
         help="length predictor (see `ecosched predictors`; default: onnx when onnxruntime is installed, "
@@ -73,8 +75,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="KV cache size on the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE, GiB; default 1; an existing "
         "environment value wins)",
     )
-    p.add_argument("--stats", metavar="PATH", help="record schedule() wall times and counters here (see `ecosched bench --sched-stats`)")
-    p.add_argument("--check-ledger", action="store_true", help="compare vLLM's blocks with the core's ledger every step")
+    p.add_argument(
+        "--stats",
+        metavar="PATH",
+        help="record schedule() wall times and counters here (see `ecosched bench --sched-stats`)",
+    )
+    p.add_argument(
+        "--check-ledger", action="store_true", help="compare vLLM's blocks with the core's ledger every step"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command and environment instead of starting")
     p.add_argument("engine_args", nargs=argparse.REMAINDER, help="after `--`: arguments for the engine")
     p.set_defaults(func=serve_command)
@@ -101,13 +109,25 @@ def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     check_vllm_version(found)
     model = Path(args.model)
     if not (model / "config.json").is_file():
-        raise ConfigError(f"--model {args.model}: no config.json there (a local Hugging Face model directory is needed)")
+        raise ConfigError(
+            f"--model {args.model}: no config.json there (a local Hugging Face model directory is needed)"
+        )
     extra = list(args.engine_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
     stock = args.no_ecosched or args.policy in STOCK_POLICIES
     env = dict(os.environ)
-    argv = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model), "--host", args.host, "--port", str(args.port)]
+    argv = [
+        sys.executable,
+        "-m",
+        VLLM_SERVER_MODULE,
+        "--model",
+        str(model),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     if not _has_flag(extra, "--enable-prefix-caching", "--no-enable-prefix-caching"):
         argv.append("--no-enable-prefix-caching")
     if stock:

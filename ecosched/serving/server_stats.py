@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import re
+import sys
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+RUNNING = ("vllm:num_requests_running",)
+WAITING = ("vllm:num_requests_waiting",)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_NUM_GPU_BLOCKS = re.compile(r'^vllm:cache_config_info\{[^}]*\bnum_gpu_blocks="(\d+)"', re.MULTILINE)
 
 
 def parse_prometheus(text: str) -> dict[str, list[float]]:
@@ -61,12 +65,38 @@ def gauge(samples: dict[str, list[float]], names: tuple[str, ...]) -> float | No
     return None
 
 
+def num_gpu_blocks(text: str) -> int | None:
+    """The KV cache size in blocks from vLLM's `vllm:cache_config_info` labels (summed over engines)."""
+    found = [int(n) for n in _NUM_GPU_BLOCKS.findall(text)]
+    return sum(found) if found else None
+
+
+@dataclass(frozen=True)
+class KVPoint:
+    """The server's KV usage (fraction) and queue lengths at one moment of a run."""
+
+    t_s: float
+    used_frac: float
+    num_running: int
+    num_waiting: int
+
+
+def kv_point(text: str, t_s: float) -> KVPoint | None:
+    """A KVPoint from one /metrics scrape, or None when it has no KV usage gauge."""
+    samples = parse_prometheus(text)
+    used = gauge(samples, KV_USAGE)
+    if used is None:
+        return None
+    running, waiting = counter(samples, RUNNING), counter(samples, WAITING)
+    return KVPoint(t_s, used, round(running or 0), round(waiting or 0))
+
+
 @dataclass(frozen=True)
 class SchedSnapshot:
     """Where the --sched-stats files stood at one moment."""
 
     size_bytes: int
-    counters: dict[str, float]
+    counters: dict[str, float] | None  # None: no PATH.json yet (counters that appear later start at 0)
 
 
 class SchedStatsFile:
@@ -89,20 +119,22 @@ class SchedStatsFile:
             f.seek(before.size_bytes - before.size_bytes % 8)
             data = f.read()
         values.frombytes(data[: len(data) - len(data) % 8])
-        if values.itemsize == 8 and array("H", [1]).tobytes() != b"\x01\x00":  # big-endian host
+        if sys.byteorder == "big":  # the file is little-endian
             values.byteswap()
         return values
 
     def counter_deltas(self, before: SchedSnapshot) -> dict[str, float]:
         """after - before of every numeric counter present in both snapshots of the JSON."""
-        after = self._counters()
+        after = self._counters() or {}
+        if before.counters is None:
+            return after
         return {k: after[k] - before.counters[k] for k in after if k in before.counters}
 
-    def _counters(self) -> dict[str, float]:
+    def _counters(self) -> dict[str, float] | None:
         try:
             data = json.loads(self.counters_path.read_text())
         except FileNotFoundError:
-            return {}
+            return None
         except (OSError, ValueError) as exc:
             logger.warning("cannot read %s: %s", self.counters_path, exc)
             return {}

@@ -46,7 +46,7 @@ from vllm.v1.request import Request as VllmRequest
 from vllm.v1.request import RequestStatus as VllmStatus
 
 from ecosched.config import EcoschedConfig
-from ecosched.core.decision import Decision, EngineView, Stop, StepOutcome
+from ecosched.core.decision import Decision, EngineView, StepOutcome, Stop
 from ecosched.core.predictor import Prediction
 from ecosched.core.request import FinishReason, Request, RequestStatus
 from ecosched.core.scheduler import Scheduler
@@ -71,8 +71,16 @@ class AdapterStateError(EcoschedError):
     """vLLM and the core disagree about a request; a bug in the adapter, never a user error."""
 
 
-def engine_config(base: dict[str, Any], *, block_size: int, num_blocks: int, max_model_len: int,
-                  max_num_seqs: int, max_num_batched_tokens: int, chunked_prefill: bool) -> EcoschedConfig:
+def engine_config(
+    base: dict[str, Any],
+    *,
+    block_size: int,
+    num_blocks: int,
+    max_model_len: int,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    chunked_prefill: bool,
+) -> EcoschedConfig:
     """`base` (a config as a mapping) with vLLM's KV geometry and batch limits put in: the core then
     counts the same blocks vLLM has. No swap space: vLLM v1 preempts by recompute only."""
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
@@ -382,7 +390,9 @@ class EcoschedScheduler(AsyncScheduler):
         return out
 
     # ---- outcomes back ----
-    def update_from_output(self, scheduler_output: SchedulerOutput, model_runner_output: Any) -> dict[int, EngineCoreOutputs]:
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, model_runner_output: Any
+    ) -> dict[int, EngineCoreOutputs]:
         scheduled = {rid: self.requests.get(rid) for rid in scheduler_output.num_scheduled_tokens}
         if self._rejected:
             # vLLM finishes these with FINISHED_ERROR and tells their clients, as for its own errors
@@ -465,4 +475,3 @@ class EcoschedScheduler(AsyncScheduler):
         self.stats_out.flush(extra=self._counters())
         self._predict_pool.shutdown(wait=False, cancel_futures=True)
         super().shutdown()
-

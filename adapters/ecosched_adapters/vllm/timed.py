@@ -27,7 +27,9 @@ class TimedAsyncScheduler(AsyncScheduler):
         self.stats_out.step(time.perf_counter() - t0, out.total_num_scheduled_tokens, len(out.preempted_req_ids or ()))
         return out
 
-    def update_from_output(self, scheduler_output: SchedulerOutput, model_runner_output: Any) -> dict[int, EngineCoreOutputs]:
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, model_runner_output: Any
+    ) -> dict[int, EngineCoreOutputs]:
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         if not self.requests:
             self.stats_out.flush(extra={"policy": "vllm (stock)"})
