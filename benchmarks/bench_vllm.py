@@ -29,23 +29,15 @@ sys.path.insert(0, str(REPO))
 
 from integration.server import free_port, serve_command, start_server  # noqa: E402
 
-# The engine, identical for every arm. 64 blocks of 32 tokens = 2048 KV tokens: about seven requests
-# of the scaled Azure mix at once, so admission, reservation and preemption decide the outcome.
-ENGINE_ARGS = [
-    "--max-model-len",
-    "1024",
-    "--block-size",
-    "32",
-    "--num-gpu-blocks-override",
-    "64",
-    "--max-num-seqs",
-    "32",
-    "--max-num-batched-tokens",
-    "512",
-]
+# The engine, identical for every arm; the KV cache size is --kv-blocks (default 40 blocks of 32
+# tokens = 1,248 usable tokens: three or four requests of the scaled Azure mix at once), so admission,
+# reservation and preemption decide the outcome.
+ENGINE_ARGS = ["--max-model-len", "1024", "--block-size", "32", "--max-num-seqs", "32"]
+ENGINE_ARGS += ["--max-num-batched-tokens", "512"]
 ARMS = {
     "vllm (stock)": ["--no-ecosched"],
-    "ecoserve": ["--policy", "ecoserve"],
+    "ecoserve": ["--policy", "ecoserve"],  # the config's predictor: the noisy oracle
+    "ecoserve (oracle)": ["--policy", "ecoserve", "--predictor", "oracle"],  # exact lengths: the upper bound
 }
 
 
@@ -56,28 +48,44 @@ def main() -> int:
     p.add_argument("--rates", default="1,2,3,4,6,8", help="arrival rates (req/s) of the sweep")
     p.add_argument("--num-requests", type=int, default=150, help="requests per rate")
     p.add_argument("--length-scale", type=float, default=0.25, help="Azure lengths x this (context 1024)")
+    p.add_argument("--kv-blocks", type=int, default=40, help="KV blocks of 32 tokens (--num-gpu-blocks-override)")
     p.add_argument(
         "--config", default=str(REPO / "configs" / "vllm-cpu-tiny.yaml"), help="ecosched config (SLOs, predictor)"
     )
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (known: {', '.join(ARMS)}; or any policy name)")
     p.add_argument("--target", type=float, default=0.9)
-    p.add_argument("--max-duration-s", type=float, default=240.0, help="cut one rate's run off after this long")
+    p.add_argument("--max-duration-s", type=float, default=300.0, help="cut one rate's run off after this long")
     p.add_argument("--out", default=str(REPO / "results" / "vllm-cpu-tiny"))
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else build_model(out / "tiny-llama")
-    merged: dict[str, Any] = {"setup": None, "runs": [], "capacity": {}, "sched_overhead": {}}
-    for label in args.arms.split(","):
-        label = label.strip()
-        mode = ARMS.get(label, ["--policy", label])
-        res = run_arm(label, mode, model, args, out)
-        merged["setup"] = merged["setup"] or res["setup"]
-        merged["runs"] += res["runs"]
-        merged["capacity"].update(res["capacity"])
-        merged["sched_overhead"][label] = res["sched"]
-    merged["setup"]["arms"] = {label: ARMS.get(label, ["--policy", label]) for label in args.arms.split(",")}
-    merged["setup"]["engine_args"] = ENGINE_ARGS
+    labels = [label.strip() for label in args.arms.split(",")]
+    engine_args = [*ENGINE_ARGS, "--num-gpu-blocks-override", str(args.kv_blocks)]
+    servers = {}
+    try:
+        # Every arm's server is up for the whole run but only one is loaded at a time (an idle vLLM
+        # server waits on its input queue): the arms alternate at each rate, so slow drifts of this
+        # shared machine hit both alike.
+        for label in labels:
+            servers[label] = start_arm(label, model, args, out, engine_args)
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+        setup = None
+        for k, rate in enumerate(float(r) for r in args.rates.split(",")):
+            order = labels if k % 2 == 0 else labels[::-1]
+            for label in order:
+                res = bench_one(label, servers[label], rate, args, out)
+                setup = setup or res["setup"]
+                runs[label] += res["runs"]
+    finally:
+        for server, _ in servers.values():
+            server.stop()
+    merged: dict[str, Any] = {
+        "setup": {**(setup or {}), "arms": {label: arm_mode(label) for label in labels}, "engine_args": engine_args},
+        "runs": [r for label in labels for r in runs[label]],
+        "capacity": {label: capacity(runs[label], args.target) for label in labels},
+        "sched_overhead": {label: sched_overhead(servers[label][1]) for label in labels},
+    }
     merged["summary"] = summarize(merged, args.target)
     (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
     plot(out, merged)
@@ -90,55 +98,46 @@ def build_model(directory: Path) -> Path:
     return directory
 
 
-def run_arm(label: str, mode: list[str], model: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    slug = label.split()[0].replace("/", "-")
-    stats = out / f"{slug}.sched.bin"
+def arm_mode(label: str) -> list[str]:
+    return ARMS.get(label, ["--policy", label])
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label).strip("-").replace("--", "-")
+
+
+def start_arm(label: str, model: Path, args: argparse.Namespace, out: Path, engine_args: list[str]) -> Any:
+    stats = out / f"{slug(label)}.sched.bin"
     port = free_port()
-    serve = [*mode, "--stats", str(stats)]
+    mode = [*arm_mode(label), "--stats", str(stats)]
     if "--no-ecosched" not in mode:
-        serve += ["--config", args.config]
-    cmd = serve_command(model, port, [*serve, "--", *ENGINE_ARGS])
+        mode += ["--config", args.config]
+    cmd = serve_command(model, port, [*mode, "--", *engine_args])
     print(f"[{label}] starting: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    server = start_server(cmd, port, out / f"{slug}.server.log")
-    try:
-        arm_out = out / slug
-        bench = [
-            sys.executable,
-            "-m",
-            "ecosched.cli",
-            "bench",
-            "--url",
-            server.url,
-            "--trace",
-            args.trace,
-            "--rates",
-            args.rates,
-            "--num-requests",
-            str(args.num_requests),
-            "--length-scale",
-            str(args.length_scale),
-            "--config",
-            args.config,
-            "--label",
-            label,
-            "--sched-stats",
-            str(stats),
-            "--max-duration-s",
-            str(args.max_duration_s),
-            "--target",
-            str(args.target),
-            "--out",
-            str(arm_out),
-            "--no-plots",
-        ]
-        t0 = time.monotonic()
-        subprocess.run(bench, check=True)
-        print(f"[{label}] sweep took {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
-    finally:
-        server.stop()
+    return start_server(cmd, port, out / f"{slug(label)}.server.log"), stats
+
+
+def bench_one(label: str, arm: Any, rate: float, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    server, stats = arm
+    arm_out = out / slug(label) / f"rate-{rate:g}"
+    bench = [
+        sys.executable, "-m", "ecosched.cli", "bench", "--url", server.url,
+        "--trace", args.trace, "--rate", str(rate), "--num-requests", str(args.num_requests),
+        "--length-scale", str(args.length_scale), "--config", args.config, "--label", label,
+        "--sched-stats", str(stats), "--max-duration-s", str(args.max_duration_s),
+        "--target", str(args.target), "--out", str(arm_out), "--no-plots", "--quiet",
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    subprocess.run(bench, check=True)
+    print(f"[{label}] rate {rate:g} took {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     res: dict[str, Any] = json.loads((arm_out / "results.json").read_text())
-    res["sched"] = sched_overhead(stats)
     return res
+
+
+def capacity(runs: list[dict[str, Any]], target: float) -> float | None:
+    """The highest swept rate meeting the attainment target (None: none does)."""
+    ok = [r["rate"] for r in runs if r["slo_attainment"] >= target]
+    return max(ok) if ok else None
 
 
 def sched_overhead(stats: Path) -> dict[str, float]:

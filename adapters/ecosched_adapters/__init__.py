@@ -1,2 +1,3 @@
-"""Thin translation layers between engines and the ecosched core, one subpackage per engine
-(vLLM, SGLang, TGI router, Ray Serve router). Each lands with its own issue; none is here yet."""
+"""Thin translation layers between engines and the ecosched core, one subpackage per engine.
+Landed: `vllm` (a scheduler class for vLLM 0.32's `--scheduler-cls`). SGLang, the TGI router and the
+Ray Serve router arrive with their issues."""

@@ -53,7 +53,7 @@ from ecosched.core.scheduler import Scheduler
 from ecosched.errors import ConfigError, EcoschedError, InvalidRequestError
 from ecosched.factory import build_scheduler
 from ecosched_adapters.vllm.settings import AdapterSettings
-from ecosched_adapters.vllm.stats import StepStats
+from ecosched_adapters.vllm.stats import StepStats, context_tokens
 from ecosched_adapters.vllm.version import check_vllm_version
 
 # A child of vLLM's logger: it runs in vLLM's engine-core process, where vLLM configures the "vllm"
@@ -268,16 +268,23 @@ class EcoschedScheduler(AsyncScheduler):
 
     # ---- one step ----
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        start = time.monotonic()
         t0 = time.perf_counter()
         self.current_step += 1
         self.kv_cache_manager.new_step_starts()
         self._take_predictions()
-        now = time.monotonic()
         paused = self._pause_state.name == "PAUSED_ALL"
-        decision = None if paused else self.core.schedule(now, EngineView(self._engine_free_blocks()))
+        decision = None if paused else self.core.schedule(start, EngineView(self._engine_free_blocks()))
         self._steps_in_flight.append(None if decision is None else decision.step_id)
-        out = self._apply(decision, now)
-        self.stats_out.step(time.perf_counter() - t0, out.total_num_scheduled_tokens, len(out.preempted_req_ids or ()))
+        out = self._apply(decision, start)
+        elapsed = time.perf_counter() - t0
+        self.stats_out.step(
+            start,
+            elapsed,
+            out.total_num_scheduled_tokens,
+            len(out.preempted_req_ids or ()),
+            context_tokens(self.requests, out.num_scheduled_tokens) if self.stats_out.path is not None else 0,
+        )
         return out
 
     def _engine_free_blocks(self) -> int:

@@ -4,6 +4,10 @@ Both the ecosched scheduler and the stock one (timed, not changed: `TimedAsyncSc
 wall time of each `schedule()` call in the same way, so their overheads compare within one run.
 `PATH` receives every duration as little-endian float64 seconds (appended, flushed at most every
 `flush_interval_s`); `PATH.json` holds cumulative counters. A reader diffs both around a run.
+`PATH.steps` receives, per step, four float64s: the monotonic time schedule() started, its duration,
+the tokens scheduled and the context tokens of the scheduled requests (their KV after the step). The
+engine's step time is the gap between consecutive starts while it is busy:
+`benchmarks/fit_vllm_latency.py` fits the core's latency model to it.
 """
 
 from __future__ import annotations
@@ -16,19 +20,24 @@ from typing import Any
 
 
 class StepStats:
-    """Appends schedule() durations to a file and keeps counters; a no-op without a path."""
+    """Appends schedule() durations to a file and keeps counters; a no-op without a path.
+    NOTE: `array.tofile` writes native byte order: little-endian on the x86 and ARM hosts vLLM runs on."""
 
     def __init__(self, path: str | None, flush_interval_s: float = 1.0) -> None:
         self.path = path
         self.flush_interval_s = flush_interval_s
         self.counters: dict[str, Any] = {"steps": 0, "preemptions": 0, "scheduled_tokens": 0}
         self._pending = array("d")
+        self._steps = array("d")
         self._last_flush = time.monotonic()
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            open(path, "wb").close()  # a fresh file per server
+            open(path, "wb").close()  # fresh files per server
+            open(path + ".steps", "wb").close()
 
-    def step(self, duration_s: float, num_tokens: int, num_preempted: int) -> None:
+    def step(
+        self, start_s: float, duration_s: float, num_tokens: int, num_preempted: int, context_tokens: int = 0
+    ) -> None:
         c = self.counters
         c["steps"] += 1
         c["scheduled_tokens"] += num_tokens
@@ -36,6 +45,7 @@ class StepStats:
         if self.path is None:
             return
         self._pending.append(duration_s)
+        self._steps.extend((start_s, duration_s, float(num_tokens), float(context_tokens)))
         now = time.monotonic()
         if now - self._last_flush >= self.flush_interval_s:
             self.flush(now)
@@ -48,9 +58,22 @@ class StepStats:
             self.counters.update(extra)
         with open(self.path, "ab") as f:
             self._pending.tofile(f)
+        with open(self.path + ".steps", "ab") as f:
+            self._steps.tofile(f)
         del self._pending[:]
+        del self._steps[:]
         tmp = self.path + ".json.tmp"
         with open(tmp, "w") as f:
             json.dump(self.counters, f)
         os.replace(tmp, self.path + ".json")
         self._last_flush = time.monotonic() if now is None else now
+
+
+def context_tokens(requests: dict[str, Any], scheduled: Any) -> int:
+    """KV tokens of the scheduled requests after the step (what its attention reads)."""
+    total = 0
+    for rid in scheduled:
+        req = requests.get(rid)
+        if req is not None:
+            total += req.num_computed_tokens
+    return total

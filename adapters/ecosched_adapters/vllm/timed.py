@@ -11,7 +11,7 @@ from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.engine import EngineCoreOutputs
 
 from ecosched_adapters.vllm.settings import AdapterSettings
-from ecosched_adapters.vllm.stats import StepStats
+from ecosched_adapters.vllm.stats import StepStats, context_tokens
 
 
 class TimedAsyncScheduler(AsyncScheduler):
@@ -22,9 +22,18 @@ class TimedAsyncScheduler(AsyncScheduler):
         self.stats_out = StepStats(AdapterSettings.from_env().stats_path)
 
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        start = time.monotonic()
         t0 = time.perf_counter()
         out = super().schedule(throttle_prefills)
-        self.stats_out.step(time.perf_counter() - t0, out.total_num_scheduled_tokens, len(out.preempted_req_ids or ()))
+        elapsed = time.perf_counter() - t0
+        if self.stats_out.path is not None:
+            self.stats_out.step(
+                start,
+                elapsed,
+                out.total_num_scheduled_tokens,
+                len(out.preempted_req_ids or ()),
+                context_tokens(self.requests, out.num_scheduled_tokens),
+            )
         return out
 
     def update_from_output(
