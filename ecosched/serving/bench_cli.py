@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ecosched.errors import ConfigError
+from ecosched.sim.cli import add_workload_args
 
 DESCRIPTION = """\
 Replay a trace (or a synthetic workload) against an OpenAI-compatible endpoint, open loop: each
@@ -49,33 +50,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is ok)")
     p.add_argument("--model", help="model name to request (default: the first of GET /v1/models)")
-    p.add_argument(
-        "--trace",
-        default="synthetic",
-        help="a trace file (Azure CSV, Mooncake JSONL, ShareGPT JSON) or 'synthetic' (default: %(default)s)",
-    )
-    p.add_argument("--format", choices=("azure", "mooncake", "sharegpt"), help="trace format (default: detected)")
-    p.add_argument("--num-requests", type=int, default=200, help="requests per run (default: %(default)s)")
+    add_workload_args(p, num_requests_help="requests per run (default: %(default)s)", num_requests_default=200)
     p.add_argument("--rate", type=float, help="arrival rate (requests/s) to re-time the workload to")
     p.add_argument("--rates", help="comma-separated rates: one run each, same workload (a sweep)")
-    p.add_argument(
-        "--synthetic-rate", type=float, default=5.0, help="synthetic: native arrival rate (default: %(default)s)"
-    )
-    p.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson", help="synthetic arrival process")
-    p.add_argument(
-        "--burstiness", type=float, default=1.0, help="synthetic gamma: CV of inter-arrival gaps (default: %(default)s)"
-    )
-    p.add_argument("--slo-mix", help="SLO classes drawn per request, e.g. interactive=0.7,batch=0.3 (default: none)")
     p.add_argument("--max-model-len", type=int, help="context length (default: from GET /v1/models)")
     p.add_argument(
         "--length-scale", type=float, default=1.0, help="multiply prompt and output lengths (default: %(default)s)"
-    )
-    p.add_argument("--max-output-tokens", type=int, default=1024, help="per-request output cap (default: %(default)s)")
-    p.add_argument(
-        "--on-too-long",
-        choices=("skip", "error"),
-        default="skip",
-        help="prompts too long: skip or fail (default: skip)",
     )
     p.add_argument(
         "--vocab-range",

@@ -194,19 +194,11 @@ def _body(plan: BenchPlan, request: BenchRequest, model: str) -> dict[str, objec
 
 
 def _setup(plan: BenchPlan, workload: Any, model: str, max_model_len: int) -> dict[str, Any]:
+    from ecosched.sim.cli import setup_info
+
     args = plan.args
     return {
-        "trace": args.trace,
-        "workload": workload.name,
-        "num_requests": workload.num_requests,
-        "native_rate_rps": workload.rate_rps,
-        "burstiness_cv": workload.burstiness,
-        "num_skipped_too_long": workload.num_skipped_too_long,
-        "profile": None,
-        "seed": args.seed,
-        "target": args.target,
-        "overrides": list(args.set),
-        "config": args.config,
+        **setup_info(args, workload, None),
         "url": plan.base_url,
         "model": model,
         "max_model_len": max_model_len,

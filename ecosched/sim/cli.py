@@ -16,37 +16,17 @@ DEFAULT_POLICIES = "vllm,vllm-priority,sarathi,sglang,sjf,ecoserve,oracle"
 DEFAULT_PROFILE = "h100-llama-2-7b"
 
 
-def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "simulate",
-        help="compare policies on a trace with a calibrated engine model (virtual time)",
-        description=(
-            "Run each policy on a workload re-timed to each rate (or search each policy's capacity: the "
-            "highest rate at which --target of requests meet both TTFT and TBT SLOs) with an engine model "
-            "calibrated on GPU measurements. Writes DIR/results.json, DIR/results.csv and PNG plots."
-        ),
-    )
+def add_workload_args(
+    p: argparse.ArgumentParser, *, num_requests_help: str, num_requests_default: int | None = None
+) -> None:
+    """The workload options `simulate` and `bench` share (read by `load_workload`)."""
     p.add_argument(
         "--trace",
         default="synthetic",
         help="a trace file (Azure CSV, Mooncake JSONL, ShareGPT JSON) or 'synthetic' (default: %(default)s)",
     )
     p.add_argument("--format", choices=("azure", "mooncake", "sharegpt"), help="trace format (default: detected)")
-    p.add_argument(
-        "--profile",
-        default=DEFAULT_PROFILE,
-        help="engine profile: a name from `ecosched profile list` or a YAML path (default: %(default)s)",
-    )
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies (default: %(default)s)")
-    p.add_argument("--rates", help="comma-separated arrival rates (requests/s) to run every policy at")
-    p.add_argument("--find-capacity", action="store_true", help="search each policy's capacity")
-    p.add_argument(
-        "--target", type=float, default=0.9, help="SLO attainment that defines capacity (default: %(default)s)"
-    )
-    p.add_argument(
-        "--capacity-tol", type=float, default=0.03, help="relative width of the capacity bracket (default: %(default)s)"
-    )
-    p.add_argument("--num-requests", type=int, help="synthetic: requests to draw (default 1000); trace: first N")
+    p.add_argument("--num-requests", type=int, default=num_requests_default, help=num_requests_help)
     p.add_argument(
         "--synthetic-rate", type=float, default=5.0, help="synthetic: native arrival rate (default: %(default)s)"
     )
@@ -61,6 +41,33 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignor
         choices=("skip", "error"),
         default="skip",
         help="requests longer than the model's context: skip and count, or fail (default: %(default)s)",
+    )
+
+
+def add_simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "simulate",
+        help="compare policies on a trace with a calibrated engine model (virtual time)",
+        description=(
+            "Run each policy on a workload re-timed to each rate (or search each policy's capacity: the "
+            "highest rate at which --target of requests meet both TTFT and TBT SLOs) with an engine model "
+            "calibrated on GPU measurements. Writes DIR/results.json, DIR/results.csv and PNG plots."
+        ),
+    )
+    add_workload_args(p, num_requests_help="synthetic: requests to draw (default 1000); trace: first N")
+    p.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help="engine profile: a name from `ecosched profile list` or a YAML path (default: %(default)s)",
+    )
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies (default: %(default)s)")
+    p.add_argument("--rates", help="comma-separated arrival rates (requests/s) to run every policy at")
+    p.add_argument("--find-capacity", action="store_true", help="search each policy's capacity")
+    p.add_argument(
+        "--target", type=float, default=0.9, help="SLO attainment that defines capacity (default: %(default)s)"
+    )
+    p.add_argument(
+        "--capacity-tol", type=float, default=0.03, help="relative width of the capacity bracket (default: %(default)s)"
     )
     p.add_argument("--config", help="YAML config (default: built-in defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -259,7 +266,7 @@ def setup_info(args: argparse.Namespace, workload, profile) -> dict[str, object]
         "native_rate_rps": workload.rate_rps,
         "burstiness_cv": workload.burstiness,
         "num_skipped_too_long": workload.num_skipped_too_long,
-        "profile": profile.name,
+        "profile": profile.name if profile is not None else None,
         "seed": args.seed,
         "target": args.target,
         "overrides": list(args.set),
