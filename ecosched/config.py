@@ -156,6 +156,12 @@ class EcoServeConfig(_Strict):
     demote_late: bool = Field(
         True, description="(5) Queue requests past their TTFT deadline behind those that can still meet it."
     )
+    starvation_factor: float = Field(
+        2.0,
+        ge=0,
+        description="(guard) A request waiting longer than this many times its TTFT target is admitted before "
+        "all others and holds the queue until it fits (0: off).",
+    )
     padding: bool = Field(True, description="(6) Pad predictions to the confidence quantile.")
     proactive_topup: bool = Field(
         True, description="(7) Extend reservations before they run out, from a global reserve."

@@ -5,6 +5,8 @@ requests one step admits from one bucket form a GT group. NOTE: EcoServe's exact
 not available; a bucket drained in priority order, best head first, is our reconstruction. Each gets
 its reservation from the free pool outside the global reserve or, failing that, borrows from a
 pipelining host. A request that does not fit is skipped or blocks the queue, as the policy says.
+Starvation guard (policies that skip): the longest-waiting request, once older than the policy's
+starvation factor times its TTFT target, is tried first and, if it does not fit, nobody is admitted.
 
 Shortcuts keep a full KV cache cheap, all exact (they never change a decision):
 - Each waiting request carries its smallest footprint (`admit_hint`: the blocks of its smallest
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from ecosched.core.decision import Admission
 from ecosched.core.pipelining import HostIndex, room, room_needed
-from ecosched.core.request import RequestState
+from ecosched.core.request import RequestState, RequestStatus
 
 if TYPE_CHECKING:
     from ecosched.core.step import StepBuilder, StepRunner
@@ -61,7 +63,17 @@ class Admitter:
         self._host_pool = list(self.s.running)  # hosts: what ran before this pass admitted anyone
         admitted_before = len(b.admitted)
         joined: list[RequestState] = []
-        stopped_by_kv = self._scan(b, now_s, joined)
+        starving = self.s.starving(now_s)
+        can_join = len(self.s.running) < self.s.config.scheduler.max_num_seqs and b.budget_left >= 1
+        if starving is not None and can_join and starving.request_id not in b.preempted_ids:
+            # the starvation guard: the oldest request goes first, and nobody passes it until it fits
+            if self._try(starving, (starving.admit_hint or self._hint(starving))[1], b, now_s):
+                joined.append(starving)
+                stopped_by_kv = self._scan(b, now_s, joined)
+            else:
+                stopped_by_kv = not self._refused
+        else:
+            stopped_by_kv = self._scan(b, now_s, joined)
         for st in joined:  # taken off the queue after the scan, which iterates the queue itself
             self.s.waiting.remove(st)
         blocked = stopped_by_kv and len(b.admitted) == admitted_before and not self._refused
@@ -78,6 +90,8 @@ class Admitter:
             for _, st in itertools.islice(lst, failures_left + min(cfg.max_num_seqs - len(running), b.budget_left)):
                 if len(running) >= cfg.max_num_seqs or b.budget_left < 1:
                     return False
+                if st.status is RequestStatus.RUNNING:
+                    continue  # admitted by the starvation guard before the scan
                 if st.request_id in b.preempted_ids:
                     self._refused = True  # it may join next step: not a KV verdict to remember
                     continue

@@ -86,6 +86,12 @@ class Admission(Protocol):
         """Safety margin b of the pipelining test."""
         ...
 
+    @property
+    def starvation_factor(self) -> float:
+        """A waiting request older than this many times its TTFT target goes first and blocks the queue
+        until it fits (0: never). Guards skipping admission against starving large requests."""
+        ...
+
     def allows(self, state: RequestState, scheduler: Scheduler) -> bool:
         """Whether `state` may join now (a query: it changes nothing)."""
         ...

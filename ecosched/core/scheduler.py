@@ -114,6 +114,9 @@ class Scheduler:
         # (TTFT deadline, seq, request) of queued requests, for policies that demote late requests
         self._deadlines: list[tuple[float, int, RequestState]] = []
         self._deadline_seq = 0
+        # (arrival, seq, request) of requests that entered the PT queue, for the starvation guard;
+        # entries of requests that left it are dropped lazily
+        self._arrivals: list[tuple[float, int, RequestState]] = []
         edges = config.policies.ecoserve.rl_bucket_edges
         self._bucket_edges = sorted(edges)
 
@@ -205,6 +208,7 @@ class Scheduler:
         state = RequestState(r, slo, predicted, padded, self._bucket(padded))
         self.requests[r.request_id] = state
         self.waiting.push(state, self.policy.order.waiting_key(state))
+        self._note_waiting(state)
         if self.policy.order.demotes_late:
             self._deadline_seq += 1
             heapq.heappush(self._deadlines, (r.arrival_s + slo.ttft_s, self._deadline_seq, state))
@@ -222,6 +226,23 @@ class Scheduler:
             if state.status is RequestStatus.WAITING:
                 self.waiting.remove(state)
                 self.waiting.push(state, self.policy.order.waiting_key(state))
+
+    def _note_waiting(self, state: RequestState) -> None:
+        if self.policy.admission.starvation_factor > 0:
+            self._deadline_seq += 1
+            heapq.heappush(self._arrivals, (state.request.arrival_s, self._deadline_seq, state))
+
+    def starving(self, now_s: float) -> RequestState | None:
+        """The longest-waiting request of the PT queue if it has waited more than the policy's
+        starvation factor times its TTFT target, else None."""
+        factor = self.policy.admission.starvation_factor
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][2].status is not RequestStatus.WAITING:
+            heapq.heappop(arrivals)
+        if not arrivals or factor <= 0:
+            return None
+        arrival, _, state = arrivals[0]
+        return state if now_s - arrival > factor * state.slo.ttft_s else None
 
     def _bucket(self, tokens: int) -> int:
         for i, edge in enumerate(self._bucket_edges):
@@ -312,6 +333,7 @@ class Scheduler:
             state.num_recomputes += counted
             state.num_computed_tokens = 0
             self.waiting.push(state, self.policy.order.waiting_key(state))
+            self._note_waiting(state)
 
     def tightest_tbt_s(self) -> float | None:
         """The tightest TBT target among running requests, or None when none runs."""

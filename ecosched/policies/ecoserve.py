@@ -163,7 +163,16 @@ def build(config: EcoschedConfig, name: str, description: str, predictor_overrid
         description=description,
         order=EcoOrder(c, config.cache.num_gpu_blocks),
         reservation=PredictedReservation(c),
-        admission=FitAdmission(skip_blocked=True, pipelining=c.pipelining, margin_tokens=c.pipelining_margin_tokens),
+        admission=FitAdmission(
+            skip_blocked=True,
+            pipelining=c.pipelining,
+            margin_tokens=c.pipelining_margin_tokens,
+            # NOTE: not from the papers. Skipping requests that do not fit, and demoting late ones, can
+            # starve a large request under KV pressure (seen on the real vLLM engine: a near-context
+            # prompt waited 56 s while small ones kept passing it); past this age it goes first and
+            # blocks the queue, as FCFS would, until running requests free enough for it.
+            starvation_factor=c.starvation_factor,
+        ),
         budget=SLOBudget(c, max_tokens) if c.dynamic_budget else FixedBudget(max_tokens),
         victims=BucketedVictims(c, cost) if c.bucketed_victims else KeyVictims(newest_admitted),
         decode_first=c.decode_first,

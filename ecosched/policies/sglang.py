@@ -28,6 +28,7 @@ class NewTokenRatioAdmission:
     skip_blocked = False
     pipelining = False
     margin_tokens = 0
+    starvation_factor = 0.0  # it blocks the queue on the first request that does not fit: no starvation
 
     def __init__(self, config: SGLangConfig) -> None:
         self.config = config

@@ -64,6 +64,7 @@ class FitAdmission:
     skip_blocked: bool = False
     pipelining: bool = False
     margin_tokens: int = 0
+    starvation_factor: float = 0.0
 
     def allows(self, state: RequestState, scheduler: Scheduler) -> bool:
         return True
