@@ -5,7 +5,8 @@ named with --arms) the script starts `ecosched serve --backend vllm` with the sa
 (the tiny local model, a KV cache sized so the workload contends for it), replays the Azure
 conversation trace with lengths scaled to the model's context at each rate of the sweep with
 `ecosched bench`, and stops the server. Arms run one after another on the same machine, one server
-at a time. Everything lands in one results.json (the `ecosched simulate` schema, one label per arm)
+at a time. Each run also records the engine's median decode-only step time in its window
+(`decode_step_ms_p50`): a check that the machine itself was not slowed down. Everything lands in one results.json (the `ecosched simulate` schema, one label per arm)
 with the usual plots, plus `summary.json`: capacities, goodput ratios at the highest rate where
 stock vLLM still meets the attainment target, preemptions, and schedule() overhead per call.
 
@@ -62,29 +63,26 @@ def main() -> int:
     model = Path(args.model) if args.model else build_model(out / "tiny-llama")
     labels = [label.strip() for label in args.arms.split(",")]
     engine_args = [*ENGINE_ARGS, "--num-gpu-blocks-override", str(args.kv_blocks)]
-    servers = {}
-    try:
-        # Every arm's server is up for the whole run but only one is loaded at a time (an idle vLLM
-        # server waits on its input queue): the arms alternate at each rate, so slow drifts of this
-        # shared machine hit both alike.
-        for label in labels:
-            servers[label] = start_arm(label, model, args, out, engine_args)
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
-        setup = None
-        for k, rate in enumerate(float(r) for r in args.rates.split(",")):
-            order = labels if k % 2 == 0 else labels[::-1]
-            for label in order:
-                res = bench_one(label, servers[label], rate, args, out)
+    # One server at a time: with three vLLM servers up (two idle) on this 2-core machine, results
+    # stopped being monotonic in the rate, while one server at a time gives smooth curves. Arms run
+    # one after another; each arm's server is started fresh.
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    stats: dict[str, Path] = {}
+    setup = None
+    for label in labels:
+        server, stats[label] = start_arm(label, model, args, out, engine_args)
+        try:
+            for rate in (float(r) for r in args.rates.split(",")):
+                res = bench_one(label, (server, stats[label]), rate, args, out)
                 setup = setup or res["setup"]
                 runs[label] += res["runs"]
-    finally:
-        for server, _ in servers.values():
+        finally:
             server.stop()
     merged: dict[str, Any] = {
         "setup": {**(setup or {}), "arms": {label: arm_mode(label) for label in labels}, "engine_args": engine_args},
         "runs": [r for label in labels for r in runs[label]],
         "capacity": {label: capacity(runs[label], args.target) for label in labels},
-        "sched_overhead": {label: sched_overhead(servers[label][1]) for label in labels},
+        "sched_overhead": {label: sched_overhead(stats[label]) for label in labels},
     }
     merged["summary"] = summarize(merged, args.target)
     (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
@@ -129,9 +127,29 @@ def bench_one(label: str, arm: Any, rate: float, args: argparse.Namespace, out: 
     ]  # fmt: skip
     t0 = time.monotonic()
     subprocess.run(bench, check=True)
-    print(f"[{label}] rate {rate:g} took {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    t1 = time.monotonic()
+    print(f"[{label}] rate {rate:g} took {t1 - t0:.0f} s", file=sys.stderr, flush=True)
     res: dict[str, Any] = json.loads((arm_out / "results.json").read_text())
+    for run in res["runs"]:
+        run["decode_step_ms_p50"] = decode_step_ms(stats, t0, t1)
     return res
+
+
+def decode_step_ms(stats: Path, t0: float, t1: float, max_gap_s: float = 0.5) -> float | None:
+    """Median time of decode-only steps (at most 4 tokens) between monotonic times t0 and t1: the
+    engine's own speed, which no policy changes much. This shared machine sometimes slows down 10x
+    for tens of seconds; a run whose figure is far above the others' ran on a disturbed machine."""
+    import numpy as np
+
+    path = Path(str(stats) + ".steps")
+    if not path.exists():
+        return None
+    raw = np.fromfile(path, dtype="<f8")
+    steps = raw[: raw.size // 4 * 4].reshape(-1, 4)
+    gap = np.diff(steps[:, 0])
+    start, tokens = steps[:-1, 0], steps[:-1, 2]
+    keep = (start >= t0) & (start < t1) & (gap < max_gap_s) & (tokens > 0) & (tokens <= 4)
+    return float(np.median(gap[keep]) * 1e3) if keep.any() else None
 
 
 def capacity(runs: list[dict[str, Any]], target: float) -> float | None:
@@ -184,6 +202,7 @@ def summarize(merged: dict[str, Any], target: float) -> dict[str, Any]:
             }
         row["per_rate"] = {
             rate: {
+                "decode_step_ms_p50": r.get("decode_step_ms_p50"),
                 "goodput_rps": r["goodput_rps"],
                 "slo_attainment": r["slo_attainment"],
                 "p99_ttft_s": r["p99_ttft_s"],
