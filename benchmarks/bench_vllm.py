@@ -6,13 +6,14 @@ named with --arms) the script starts `ecosched serve --backend vllm` with the sa
 conversation trace with lengths scaled to the model's context at each rate of the sweep with
 `ecosched bench`, and stops the server. Arms run one after another on the same machine, one server
 at a time. Each run also records the engine's median decode-only step time in its window
-(`decode_step_ms_p50`): a check that the machine itself was not slowed down. Everything lands in one results.json (the `ecosched simulate` schema, one label per arm)
-with the usual plots, plus `summary.json`: capacities, goodput ratios at the highest rate where
-stock vLLM still meets the attainment target, preemptions, and schedule() overhead per call.
+(`decode_step_ms_p50`): a check that the machine itself was not slowed down. Everything lands in one
+results.json (the `ecosched simulate` schema, one label per arm, plus `summary`: capacities, goodput
+ratios at the highest rate where stock vLLM still meets the attainment target, preemptions, and
+schedule() overhead per call) with the usual plots.
 
     python benchmarks/bench_vllm.py --out benchmarks/results/vllm-cpu-tiny
 
-Takes about (arms x (60 s start + rates x run time)); the defaults take about 25 minutes here.
+Takes about arms x (60 s start + the runs); the defaults take about 30 minutes here.
 """
 
 from __future__ import annotations
