@@ -29,6 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fit_vllm_latency import load_steps  # noqa: E402
 from integration.server import free_port, serve_command, start_server  # noqa: E402
 
 # The engine, identical for every arm; the KV cache size is --kv-blocks (default 40 blocks of 32
@@ -145,8 +146,7 @@ def decode_step_ms(stats: Path, t0: float, t1: float, max_gap_s: float = 0.5) ->
     path = Path(str(stats) + ".steps")
     if not path.exists():
         return None
-    raw = np.fromfile(path, dtype="<f8")
-    steps = raw[: raw.size // 4 * 4].reshape(-1, 4)
+    steps = load_steps(str(path))
     gap = np.diff(steps[:, 0])
     start, tokens = steps[:-1, 0], steps[:-1, 2]
     keep = (start >= t0) & (start < t1) & (gap < max_gap_s) & (tokens > 0) & (tokens <= 4)

@@ -53,7 +53,7 @@ from ecosched.core.scheduler import Scheduler
 from ecosched.errors import ConfigError, EcoschedError, InvalidRequestError
 from ecosched.factory import build_scheduler
 from ecosched_adapters.vllm.settings import AdapterSettings
-from ecosched_adapters.vllm.stats import StepStats, context_tokens
+from ecosched_adapters.vllm.stats import StepStats
 from ecosched_adapters.vllm.version import check_vllm_version
 
 # A child of vLLM's logger: it runs in vLLM's engine-core process, where vLLM configures the "vllm"
@@ -277,14 +277,7 @@ class EcoschedScheduler(AsyncScheduler):
         decision = None if paused else self.core.schedule(start, EngineView(self._engine_free_blocks()))
         self._steps_in_flight.append(None if decision is None else decision.step_id)
         out = self._apply(decision, start)
-        elapsed = time.perf_counter() - t0
-        self.stats_out.step(
-            start,
-            elapsed,
-            out.total_num_scheduled_tokens,
-            len(out.preempted_req_ids or ()),
-            context_tokens(self.requests, out.num_scheduled_tokens) if self.stats_out.path is not None else 0,
-        )
+        self.stats_out.step(start, time.perf_counter() - t0, out, self.requests)
         return out
 
     def _engine_free_blocks(self) -> int:
@@ -439,10 +432,10 @@ class EcoschedScheduler(AsyncScheduler):
         return finished
 
     # ---- checks and stats ----
-    def _check_ledger(self) -> None:
-        """Each running request's blocks in vLLM equal the core's `used` blocks for it, and no request
-        holds blocks in vLLM without a ledger entry."""
-        self.ledger_checks += 1
+    def ledger_disagreements(self) -> list[str]:
+        """Where vLLM's block manager and the core's ledger disagree (empty when they agree): each
+        running request's blocks in vLLM must equal the ledger's `used` for it, and no ledger entry
+        may belong to a request vLLM is not running."""
         ledger = self.core.ledger
         bad = []
         for req in self.running:
@@ -455,6 +448,11 @@ class EcoschedScheduler(AsyncScheduler):
         ids = {r.request_id for r in self.running}
         if not holders <= ids:
             bad.append(f"ledger entries without a running vLLM request: {sorted(holders - ids)}")
+        return bad
+
+    def _check_ledger(self) -> None:
+        self.ledger_checks += 1
+        bad = self.ledger_disagreements()
         if bad:
             self.ledger_mismatches += 1
             logger.error("ecosched: ledger disagrees with vLLM's block manager: %s", "; ".join(bad))

@@ -35,17 +35,18 @@ class StepStats:
             open(path, "wb").close()  # fresh files per server
             open(path + ".steps", "wb").close()
 
-    def step(
-        self, start_s: float, duration_s: float, num_tokens: int, num_preempted: int, context_tokens: int = 0
-    ) -> None:
-        c = self.counters
-        c["steps"] += 1
-        c["scheduled_tokens"] += num_tokens
-        c["preemptions"] += num_preempted
+    def step(self, start_s: float, duration_s: float, out: Any, requests: dict[str, Any]) -> None:
+        """Record one schedule() call that started at `start_s` (monotonic) and returned `out` (a
+        SchedulerOutput); `requests` is the scheduler's request table. Nothing without a path."""
         if self.path is None:
             return
+        c = self.counters
+        c["steps"] += 1
+        c["scheduled_tokens"] += out.total_num_scheduled_tokens
+        c["preemptions"] += len(out.preempted_req_ids or ())
         self._pending.append(duration_s)
-        self._steps.extend((start_s, duration_s, float(num_tokens), float(context_tokens)))
+        context = sum(requests[rid].num_computed_tokens for rid in out.num_scheduled_tokens if rid in requests)
+        self._steps.extend((start_s, duration_s, float(out.total_num_scheduled_tokens), float(context)))
         now = time.monotonic()
         if now - self._last_flush >= self.flush_interval_s:
             self.flush(now)
@@ -67,13 +68,3 @@ class StepStats:
             json.dump(self.counters, f)
         os.replace(tmp, self.path + ".json")
         self._last_flush = time.monotonic() if now is None else now
-
-
-def context_tokens(requests: dict[str, Any], scheduled: Any) -> int:
-    """KV tokens of the scheduled requests after the step (what its attention reads)."""
-    total = 0
-    for rid in scheduled:
-        req = requests.get(rid)
-        if req is not None:
-            total += req.num_computed_tokens
-    return total

@@ -11,7 +11,7 @@ from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.engine import EngineCoreOutputs
 
 from ecosched_adapters.vllm.settings import AdapterSettings
-from ecosched_adapters.vllm.stats import StepStats, context_tokens
+from ecosched_adapters.vllm.stats import StepStats
 
 
 class TimedAsyncScheduler(AsyncScheduler):
@@ -25,15 +25,7 @@ class TimedAsyncScheduler(AsyncScheduler):
         start = time.monotonic()
         t0 = time.perf_counter()
         out = super().schedule(throttle_prefills)
-        elapsed = time.perf_counter() - t0
-        if self.stats_out.path is not None:
-            self.stats_out.step(
-                start,
-                elapsed,
-                out.total_num_scheduled_tokens,
-                len(out.preempted_req_ids or ()),
-                context_tokens(self.requests, out.num_scheduled_tokens),
-            )
+        self.stats_out.step(start, time.perf_counter() - t0, out, self.requests)
         return out
 
     def update_from_output(
