@@ -46,6 +46,15 @@ class SchedulerConfig(_Strict):
         description="Most waiting requests looked at per step when a policy skips ones that do not fit.",
     )
     chunked_prefill: bool = Field(True, description="Split long prompts across steps.")
+    max_partial_prefills: int = Field(
+        0,
+        ge=0,
+        description="Most requests with a partly computed prompt at once (0: no limit; SGLang runs one).",
+    )
+    preempt_partial_prefills: bool = Field(
+        True,
+        description="Whether a request part-way through its prompt may be preempted (SGLang cannot retract one).",
+    )
 
 
 class SLOClassConfig(_Strict):

@@ -18,7 +18,7 @@ from typing import Any
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 import torch
-from ecosched_adapters.vllm.settings import CHECK_LEDGER_ENV, CONFIG_ENV, STATS_ENV
+from ecosched_adapters.settings import CHECK_LEDGER_ENV, CONFIG_ENV, STATS_ENV
 from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import sha256

@@ -20,7 +20,7 @@ import heapq
 import logging
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ecosched.config import EcoschedConfig
@@ -67,6 +67,8 @@ class SchedulerStats:
     num_finished: int = 0
     num_aborted: int = 0
     num_predictor_failures: int = 0
+    num_withdrawn: int = 0  # requests whose share of a decided step the engine did not run
+    num_engine_preemptions: int = 0  # running requests the engine preempted on its own
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Scheduler:
         self.stats = SchedulerStats()
         self._running_tbt: Counter[float] = Counter()
         self._in_flight: dict[int, _InFlight] = {}
+        self._open_step: StepBuilder | None = None  # the latest decision, until its outcome comes
         self._last_predictor_warning_s = float("-inf")
         self._runner = StepRunner(self)
         # Every inter-token gap, in seconds, when an engine wants token-level TBT percentiles (the
@@ -271,11 +274,86 @@ class Scheduler:
             self._leave_running(state)
             state.status = RequestStatus.FINISHING
         self._in_flight[self.step_id] = _InFlight(builder.generating, builder.finishing)
+        self._open_step = builder
         return builder.build()
+
+    # ---- the engine runs less than decided ----
+    def withdraw(self, request_ids: Iterable[str]) -> None:
+        """The engine runs the latest decision without these requests' share of it (an engine that
+        cannot mix a prefill with decodes, or refuses an admission on its own check). Each request
+        goes back to where it was before the step: a decode or chunk is taken back, and a request
+        admitted in the step returns to the waiting queue with its reservation released. Call it
+        after `schedule` and before `update` of that step; ids the step did not schedule are ignored."""
+        b = self._open_step
+        if b is None or b.step_id != self.step_id:
+            raise OutcomeError(f"withdraw: step {self.step_id} is not open (its outcome came, or none was decided)")
+        for rid in request_ids:
+            state = self.requests.get(rid)
+            if state is None:
+                continue
+            if state.status is RequestStatus.FINISHING and state in b.finishing:
+                self._rejoin_running(state)
+            if state.status is not RequestStatus.RUNNING:
+                continue
+            scheduled = rid in b.decodes or any(c.request_id == rid for c in b.prefills)
+            joined = self._runner.unschedule(state, b)
+            if joined:
+                self.ledger.release(rid)
+                self.requeue(state, to_swapped=False, counted=False)
+                self.policy.admission.on_preempt(self, state)
+            elif scheduled:
+                state.watermark = self._runner.watermark(state, self.blocks_for(state.num_computed_tokens))
+            self.stats.num_withdrawn += scheduled or joined
+
+    def preempt(self, request_id: str, num_output_tokens: int | None = None) -> None:
+        """The engine preempted a running request on its own (recompute): its KV is gone, it goes
+        back to the PT queue, and tokens of steps still in flight will not come for it.
+        `num_output_tokens`: the engine's count of the request's output, when it differs."""
+        state = self.get(request_id)
+        if state.status is RequestStatus.FINISHING:
+            self._rejoin_running(state)
+        if state.status is not RequestStatus.RUNNING:
+            raise OutcomeError(f"preempt: request {request_id!r} is not running ({state.status.name})")
+        for flight in self._in_flight.values():
+            if state in flight.generating:
+                flight.generating.remove(state)
+            if state in flight.finishing:
+                flight.finishing.remove(state)
+        if num_output_tokens is not None:
+            state.num_output_tokens = num_output_tokens
+        self.ledger.release(request_id)
+        self.requeue(state, to_swapped=False)
+        self.stats.num_recomputes += 1
+        self.stats.num_engine_preemptions += 1
+        self.policy.admission.on_preempt(self, state)
+
+    def set_prefix_hit(self, request_id: str, num_tokens: int) -> None:
+        """The engine holds the first `num_tokens` tokens of a waiting request in its prefix cache:
+        they count as computed (no step computes them; its KV still counts them as the request's).
+        At least one token is always left to compute. Ignored for requests that are not waiting."""
+        state = self.get(request_id)
+        if state.status is not RequestStatus.WAITING:
+            return
+        num_tokens = max(0, min(num_tokens, state.num_tokens - 1))
+        if num_tokens == state.num_computed_tokens:
+            return
+        self.waiting.remove(state)
+        state.num_computed_tokens = num_tokens
+        state.admit_hint = None
+        self.waiting.push(state, self.policy.order.waiting_key(state))
+
+    def _rejoin_running(self, state: RequestState) -> None:
+        """A FINISHING request (left the running set when its last token was scheduled) runs again."""
+        state.status = RequestStatus.RUNNING
+        self.running.append(state)
+        self.num_context_tokens += state.num_computed_tokens
+        self._running_tbt[state.slo.tbt_s] += 1
 
     def update(self, outcome: StepOutcome) -> list[RequestRecord]:
         """Apply what the engine reports for a step; returns the requests that ended with it."""
         flight = self._in_flight.pop(outcome.step_id, None)
+        if self._open_step is not None and self._open_step.step_id == outcome.step_id:
+            self._open_step = None
         if flight is None:
             raise OutcomeError(
                 f"outcome for step {outcome.step_id}, which is not in flight (in flight: {sorted(self._in_flight)})"

@@ -198,6 +198,11 @@ class StepRunner:
                 self._topped_up(rid, short, b)
                 return True
             candidates = [r for r in self.s.running if r.status is _RUNNING]
+            if not self.s.config.scheduler.preempt_partial_prefills:
+                # the engine cannot preempt a request part-way through its prompt: it waits instead
+                candidates = [r for r in candidates if r.num_tokens_to_compute <= 1]
+                if not candidates:
+                    return False
             victim = self.policy.victims.choose(candidates, self.s)
             self._preempt(victim, b)
             if victim is st:
@@ -207,7 +212,7 @@ class StepRunner:
         rid = victim.request_id
         mode = self.policy.victims.mode(victim, self.s)
         swapped_in_now = rid in b.swapped_in
-        joined_now = self._unschedule(victim, b)
+        joined_now = self.unschedule(victim, b)
         b.preempted_ids.add(rid)
         if joined_now and not swapped_in_now:
             # admitted from the waiting queue in this very step: the engine never saw it join, so it
@@ -229,7 +234,7 @@ class StepRunner:
             self.s.stats.num_recomputes += 1
         self.policy.admission.on_preempt(self.s, victim)
 
-    def _unschedule(self, st: RequestState, b: StepBuilder) -> bool:
+    def unschedule(self, st: RequestState, b: StepBuilder) -> bool:
         """Take back whatever this step gave `st`; True if it joined the batch in this very step."""
         rid = st.request_id
         tokens, sampled = 0, False
@@ -293,8 +298,16 @@ class StepRunner:
 
     def may_chunk(self, st: RequestState) -> bool:
         """Whether `st`'s work may be split across steps: with chunked prefill, or when it is a
-        recompute (prompt and output together may exceed any step's budget)."""
-        return self.s.config.scheduler.chunked_prefill or st.num_output_tokens > 0
+        recompute (prompt and output together may exceed any step's budget), and while fewer than
+        `max_partial_prefills` other requests are part-way through their prompt."""
+        cfg = self.s.config.scheduler
+        if not (cfg.chunked_prefill or st.num_output_tokens > 0):
+            return False
+        limit = cfg.max_partial_prefills
+        if not limit:
+            return True
+        partial = sum(1 for r in self.s.running if r is not st and r.status is _RUNNING and r.num_tokens_to_compute > 1)
+        return partial < limit
 
     def admittable(self) -> int:
         """Blocks an admission may take now: outside the global reserve, and within the engine's own free count."""

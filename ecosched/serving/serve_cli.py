@@ -1,7 +1,9 @@
-"""`ecosched serve --backend vllm`: start an engine's OpenAI-compatible server with ecosched in charge.
+"""`ecosched serve --backend vllm|sglang`: start an engine's OpenAI-compatible server with ecosched in charge.
 
-For vLLM the command builds the server's command line and environment, then replaces itself with
-the server process (so signals and exit codes are the server's own):
+The command builds the server's command line and environment, then replaces itself with the server
+process (so signals and exit codes are the server's own).
+
+vLLM:
 
 - `--scheduler-cls ecosched_adapters.vllm.scheduler.EcoschedScheduler`, with the resolved ecosched
   configuration in `ECOSCHED_CONFIG_JSON` (see `ecosched_adapters/vllm/settings.py`);
@@ -12,6 +14,18 @@ the server process (so signals and exit codes are the server's own):
 - on the CPU build of vLLM: `VLLM_TARGET_DEVICE=cpu`, `VLLM_CPU_KVCACHE_SPACE` (GiB, required by vLLM
   on CPU; `--kv-cache-gib`) and `--enforce-eager` (starts about 25 s faster).
 Arguments after `--` go to vLLM unchanged (for example `--max-model-len 512 --num-gpu-blocks-override 64`).
+
+SGLang (`python -m sglang.launch_server`):
+- the ecosched plugin (entry point `sglang.srt.plugins`, see `ecosched_adapters/sglang/`) is switched
+  on with `ECOSCHED_SGLANG_MODE=ecosched` and the configuration in `ECOSCHED_CONFIG_JSON`;
+  `SGLANG_PLUGINS=ecosched` keeps other installed SGLang plugins out;
+- `--no-ecosched` (or `--policy sglang`): stock SGLang; with `--stats`, its scheduler is timed the
+  same way (`ECOSCHED_SGLANG_MODE=timed`), otherwise the plugin stays inert;
+- `--enable-mixed-chunk` for both (decodes ride along with prefill chunks, as in the core's step
+  model; `--no-mixed-chunk` leaves it off);
+- without a GPU: SGLang's CPU recipe (torch-native attention and sampling, no CUDA graphs, no grammar
+  backend, `SGLANG_USE_CPU_ENGINE=0`) and a KV cap (`--max-total-tokens`, default 65536 tokens;
+  uncapped, SGLang takes most of the host's memory).
 """
 
 from __future__ import annotations
@@ -22,12 +36,24 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from ecosched.config import load_config
 from ecosched.errors import ConfigError
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-STOCK_POLICIES = ("vllm",)  # names that mean "vLLM's own scheduler", not the core's vllm baseline
+SGLANG_SERVER_MODULE = "sglang.launch_server"
+# per backend, the --policy names that mean "the engine's own scheduler", not the core's baseline
+STOCK_POLICIES = {"vllm": ("vllm",), "sglang": ("sglang",)}
+BACKENDS = tuple(STOCK_POLICIES)
+# SGLang on a machine without a GPU (../shared/ENGINES.md)
+SGLANG_CPU_OPTIONS = {
+    "--device": "cpu",
+    "--attention-backend": "torch_native",
+    "--sampling-backend": "pytorch",
+    "--grammar-backend": "none",
+}
+SGLANG_CPU_FLAGS = ("--disable-cuda-graph",)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,7 +62,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="start an engine's OpenAI-compatible server with the ecosched scheduler in charge",
         description=(
             "Start an OpenAI-compatible server whose scheduling is done by the ecosched core. "
-            "Backends: vllm (the core runs inside vLLM's engine as its scheduler class). "
+            "Backends: vllm (the core runs inside vLLM's engine as its scheduler class), sglang (inside "
+            "SGLang's scheduler process, through SGLang's plugin entry points). "
             "Arguments after `--` are passed to the engine unchanged."
         ),
         epilog=(
@@ -44,18 +71,20 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
             "  ecosched serve --backend vllm --model ./tiny-llama\n"
             "  ecosched serve --backend vllm --model ./tiny-llama --policy sarathi --set slo.default_class=batch\n"
             "  ecosched serve --backend vllm --model ./tiny-llama --no-ecosched -- --max-model-len 512\n"
-            "per-request fields (completions `vllm_xargs`): ecosched_slo_class, ecosched_max_tokens "
-            "(the limit the client declares), ecosched_true_output_tokens (oracle predictors only)"
+            "  ecosched serve --backend sglang --model ./tiny-llama --max-total-tokens 4096\n"
+            "per-request fields (completions `vllm_xargs` on vLLM, `custom_params` on SGLang): ecosched_slo_class, "
+            "ecosched_max_tokens (the limit the client declares), ecosched_true_output_tokens (oracle predictors only)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--backend", choices=["vllm"], default="vllm", help="engine to run (default: vllm)")
+    p.add_argument("--backend", choices=BACKENDS, default="vllm", help="engine to run (default: vllm)")
     p.add_argument("--model", required=True, help="local model directory (Hugging Face layout)")
     p.add_argument("--policy", help="ecosched policy (see `ecosched policies`; default: the config's, ecoserve)")
     p.add_argument(
         "--no-ecosched",
         action="store_true",
-        help="run the engine's own scheduler (stock vLLM), for comparison; same as --policy vllm",
+        help="run the engine's own scheduler (stock vLLM or SGLang), for comparison; same as --policy vllm "
+        "(vLLM) or --policy sglang (SGLang)",
     )
     p.add_argument("--config", help="ecosched YAML config (default: built-in defaults)")
     p.add_argument(
@@ -76,12 +105,23 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "environment value wins)",
     )
     p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        default=65536,
+        help="SGLang without a GPU: KV cache size in tokens (default 65536; an engine argument after -- wins)",
+    )
+    p.add_argument(
+        "--no-mixed-chunk",
+        action="store_true",
+        help="SGLang: leave --enable-mixed-chunk off (decodes then wait for prefill-only steps)",
+    )
+    p.add_argument(
         "--stats",
         metavar="PATH",
         help="record schedule() wall times and counters here (see `ecosched bench --sched-stats`)",
     )
     p.add_argument(
-        "--check-ledger", action="store_true", help="compare vLLM's blocks with the core's ledger every step"
+        "--check-ledger", action="store_true", help="compare the engine's KV with the core's ledger every step"
     )
     p.add_argument("--dry-run", action="store_true", help="print the command and environment instead of starting")
     p.add_argument("engine_args", nargs=argparse.REMAINDER, help="after `--`: arguments for the engine")
@@ -89,9 +129,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    argv, env = vllm_command(args)
+    argv, env = sglang_command(args) if args.backend == "sglang" else vllm_command(args)
     if args.dry_run:
-        shown = {k: v for k, v in env.items() if k.startswith(("ECOSCHED_", "VLLM_"))}
+        shown = {k: v for k, v in env.items() if k.startswith(("ECOSCHED_", "VLLM_", "SGLANG_"))}
         print(json.dumps({"argv": argv, "env": shown}, indent=1))
         return 0
     print("ecosched serve: " + shlex.join(argv), file=sys.stderr, flush=True)
@@ -101,21 +141,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The vLLM server's argv and environment for `args` (nothing is started)."""
+    from ecosched_adapters.settings import CHECK_LEDGER_ENV, STATS_ENV, config_env
     from ecosched_adapters.vllm import SCHEDULER_CLS, TIMED_STOCK_CLS
-    from ecosched_adapters.vllm.settings import CHECK_LEDGER_ENV, STATS_ENV, config_env
     from ecosched_adapters.vllm.version import check_vllm_version, installed_vllm_version
 
-    found = installed_vllm_version()
-    check_vllm_version(found)
-    model = Path(args.model)
-    if not (model / "config.json").is_file():
-        raise ConfigError(
-            f"--model {args.model}: no config.json there (a local Hugging Face model directory is needed)"
-        )
-    extra = list(args.engine_args)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
-    stock = args.no_ecosched or args.policy in STOCK_POLICIES
+    check_vllm_version(installed_vllm_version())
+    model, extra = _model_and_extra(args)
+    stock = _is_stock(args)
     env = dict(os.environ)
     argv = [
         sys.executable,
@@ -134,14 +166,7 @@ def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         if args.stats:
             argv += ["--scheduler-cls", TIMED_STOCK_CLS]
     else:
-        overrides = list(args.set)
-        if args.policy:
-            overrides.append(f"policy={args.policy}")
-        predictor = args.predictor or _default_predictor(args.config, overrides)
-        if predictor:
-            overrides.append(f"predictor.kind={predictor}")
-        config = load_config(args.config, overrides)
-        env.update(config_env(config))
+        env.update(config_env(_config(args)))
         argv += ["--scheduler-cls", SCHEDULER_CLS]
         if args.check_ledger:
             env[CHECK_LEDGER_ENV] = "1"
@@ -153,6 +178,86 @@ def vllm_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
         if not _has_flag(extra, "--enforce-eager", "--no-enforce-eager"):
             argv.append("--enforce-eager")
     return argv + extra, env
+
+
+def sglang_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The SGLang server's argv and environment for `args` (nothing is started)."""
+    from ecosched_adapters.settings import CHECK_LEDGER_ENV, STATS_ENV, config_env
+    from ecosched_adapters.sglang import MODE_ENV, PLUGIN_NAME
+    from ecosched_adapters.sglang.version import check_sglang_version
+
+    check_sglang_version()
+    model, extra = _model_and_extra(args)
+    env = dict(os.environ)
+    env["SGLANG_PLUGINS"] = PLUGIN_NAME
+    env.pop(MODE_ENV, None)
+    argv = [
+        sys.executable,
+        "-m",
+        SGLANG_SERVER_MODULE,
+        "--model-path",
+        str(model),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    if _is_stock(args):
+        if args.stats:
+            env[MODE_ENV] = "timed"
+    else:
+        env.update(config_env(_config(args)))
+        env[MODE_ENV] = "ecosched"
+        if args.check_ledger:
+            env[CHECK_LEDGER_ENV] = "1"
+    if args.stats:
+        env[STATS_ENV] = str(Path(args.stats).resolve())
+    if not args.no_mixed_chunk and not _has_flag(extra, "--enable-mixed-chunk"):
+        argv.append("--enable-mixed-chunk")
+    if not _has_cuda():
+        env.setdefault("SGLANG_USE_CPU_ENGINE", "0")
+        for flag, value in SGLANG_CPU_OPTIONS.items():
+            if not _has_flag(extra, flag):
+                argv += [flag, value]
+        argv += [flag for flag in SGLANG_CPU_FLAGS if not _has_flag(extra, flag)]
+        if not _has_flag(extra, "--max-total-tokens"):
+            argv += ["--max-total-tokens", str(args.max_total_tokens)]
+    return argv + extra, env
+
+
+def _model_and_extra(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    model = Path(args.model)
+    if not (model / "config.json").is_file():
+        raise ConfigError(
+            f"--model {args.model}: no config.json there (a local Hugging Face model directory is needed)"
+        )
+    extra = list(args.engine_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return model, extra
+
+
+def _is_stock(args: argparse.Namespace) -> bool:
+    return bool(args.no_ecosched or args.policy in STOCK_POLICIES[args.backend])
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The resolved ecosched configuration for the engine's scheduler."""
+    overrides = list(args.set)
+    if args.policy:
+        overrides.append(f"policy={args.policy}")
+    predictor = args.predictor or _default_predictor(args.config, overrides)
+    if predictor:
+        overrides.append(f"predictor.kind={predictor}")
+    return load_config(args.config, overrides)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _has_flag(args: list[str], *names: str) -> bool:

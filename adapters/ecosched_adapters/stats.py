@@ -1,13 +1,14 @@
-"""Step timing and counters of a scheduler running inside vLLM, written where a benchmark can read them.
+"""Step timing and counters of a scheduler running inside an engine, written where a benchmark can read them.
 
-Both the ecosched scheduler and the stock one (timed, not changed: `TimedAsyncScheduler`) record the
-wall time of each `schedule()` call in the same way, so their overheads compare within one run.
+In every engine adapter both the ecosched scheduler and the stock one (timed, not changed) record the
+wall time of each scheduling call in the same way, so their overheads compare within one run.
 `PATH` receives every duration as little-endian float64 seconds (appended, flushed at most every
 `flush_interval_s`); `PATH.json` holds cumulative counters. A reader diffs both around a run.
-`PATH.steps` receives, per step, four float64s: the monotonic time schedule() started, its duration,
-the tokens scheduled and the context tokens of the scheduled requests (their KV after the step). The
-engine's step time is the gap between consecutive starts while it is busy:
-`benchmarks/fit_vllm_latency.py` fits the core's latency model to it.
+`PATH.steps` receives, per step, four float64s: the monotonic time the scheduling call started, its
+duration, the tokens scheduled and the context tokens of the scheduled requests (their KV after the
+step). The engine's step time is the gap between consecutive starts while it is busy:
+`benchmarks/fit_vllm_latency.py` fits the core's latency model to it. `PATH.check` receives the
+duration of every ledger-versus-engine KV check, when the adapter runs one.
 """
 
 from __future__ import annotations
@@ -29,27 +30,40 @@ class StepStats:
         self.counters: dict[str, Any] = {"steps": 0, "preemptions": 0, "scheduled_tokens": 0}
         self._pending = array("d")
         self._steps = array("d")
+        self._checks = array("d")
         self._last_flush = time.monotonic()
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             open(path, "wb").close()  # fresh files per server
             open(path + ".steps", "wb").close()
+            open(path + ".check", "wb").close()
 
-    def step(self, start_s: float, duration_s: float, out: Any, requests: dict[str, Any]) -> None:
-        """Record one schedule() call that started at `start_s` (monotonic) and returned `out` (a
-        SchedulerOutput); `requests` is the scheduler's request table. Nothing without a path."""
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def step(
+        self, start_s: float, duration_s: float, num_tokens: int, context_tokens: int, preemptions: int = 0
+    ) -> None:
+        """Record one scheduling call that started at `start_s` (monotonic), took `duration_s` and
+        scheduled `num_tokens` tokens of requests holding `context_tokens` KV tokens after the step.
+        Nothing without a path (callers check `enabled` before computing the figures)."""
         if self.path is None:
             return
         c = self.counters
         c["steps"] += 1
-        c["scheduled_tokens"] += out.total_num_scheduled_tokens
-        c["preemptions"] += len(out.preempted_req_ids or ())
+        c["scheduled_tokens"] += num_tokens
+        c["preemptions"] += preemptions
         self._pending.append(duration_s)
-        context = sum(requests[rid].num_computed_tokens for rid in out.num_scheduled_tokens if rid in requests)
-        self._steps.extend((start_s, duration_s, float(out.total_num_scheduled_tokens), float(context)))
+        self._steps.extend((start_s, duration_s, float(num_tokens), float(context_tokens)))
         now = time.monotonic()
         if now - self._last_flush >= self.flush_interval_s:
             self.flush(now)
+
+    def check(self, duration_s: float) -> None:
+        """Record the duration of one ledger-versus-engine KV check."""
+        if self.path is not None:
+            self._checks.append(duration_s)
 
     def flush(self, now: float | None = None, extra: dict[str, Any] | None = None) -> None:
         """Write pending durations and the counters (plus `extra`) now."""
@@ -61,8 +75,11 @@ class StepStats:
             self._pending.tofile(f)
         with open(self.path + ".steps", "ab") as f:
             self._steps.tofile(f)
+        with open(self.path + ".check", "ab") as f:
+            self._checks.tofile(f)
         del self._pending[:]
         del self._steps[:]
+        del self._checks[:]
         tmp = self.path + ".json.tmp"
         with open(tmp, "w") as f:
             json.dump(self.counters, f)
