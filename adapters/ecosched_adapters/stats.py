@@ -7,7 +7,7 @@ wall time of each scheduling call in the same way, so their overheads compare wi
 `PATH.steps` receives, per step, four float64s: the monotonic time the scheduling call started, its
 duration, the tokens scheduled and the context tokens of the scheduled requests (their KV after the
 step). The engine's step time is the gap between consecutive starts while it is busy:
-`benchmarks/fit_vllm_latency.py` fits the core's latency model to it. `PATH.check` receives the
+`benchmarks/fit_engine_latency.py` fits the core's latency model to it. `PATH.check` receives the
 duration of every ledger-versus-engine KV check, when the adapter runs one.
 """
 

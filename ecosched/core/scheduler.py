@@ -314,11 +314,7 @@ class Scheduler:
             self._rejoin_running(state)
         if state.status is not RequestStatus.RUNNING:
             raise OutcomeError(f"preempt: request {request_id!r} is not running ({state.status.name})")
-        for flight in self._in_flight.values():
-            if state in flight.generating:
-                flight.generating.remove(state)
-            if state in flight.finishing:
-                flight.finishing.remove(state)
+        self._drop_from_flights(state)
         if num_output_tokens is not None:
             state.num_output_tokens = num_output_tokens
         self.ledger.release(request_id)
@@ -326,6 +322,23 @@ class Scheduler:
         self.stats.num_recomputes += 1
         self.stats.num_engine_preemptions += 1
         self.policy.admission.on_preempt(self, state)
+
+    def drop_in_flight_tokens(self, request_id: str, num_output_tokens: int) -> None:
+        """A request this scheduler preempted (it waits again) will not get the tokens of steps still
+        in flight: the engine discards them (an engine that retracts a request while its last step
+        runs, as SGLang's overlap loop does). Its output count becomes the engine's."""
+        state = self.get(request_id)
+        if state.status is not RequestStatus.WAITING:
+            raise OutcomeError(f"drop_in_flight_tokens: request {request_id!r} is not waiting ({state.status.name})")
+        self._drop_from_flights(state)
+        state.num_output_tokens = num_output_tokens
+
+    def _drop_from_flights(self, state: RequestState) -> None:
+        for flight in self._in_flight.values():
+            if state in flight.generating:
+                flight.generating.remove(state)
+            if state in flight.finishing:
+                flight.finishing.remove(state)
 
     def set_prefix_hit(self, request_id: str, num_tokens: int) -> None:
         """The engine holds the first `num_tokens` tokens of a waiting request in its prefix cache:

@@ -138,7 +138,7 @@ def prompt_ids(request: BenchRequest, seed: int, vocab: tuple[int, int]) -> list
 
 
 def completion_body(
-    request: BenchRequest, model: str, ids: list[int], *, xargs: bool, seed: int = 0
+    request: BenchRequest, model: str, ids: list[int], *, xargs: bool, seed: int = 0, xargs_field: str = "vllm_xargs"
 ) -> dict[str, object]:
     """The JSON body of one streaming completion (see the module docstring for the why of each field)."""
     body: dict[str, object] = {
@@ -152,7 +152,7 @@ def completion_body(
     }
     if xargs:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
-        body["vllm_xargs"] = {
+        body[xargs_field] = {
             "ecosched_slo_class": request.slo_class,
             "ecosched_true_output_tokens": request.num_output_tokens,
             "ecosched_max_tokens": request.declared_max_tokens,

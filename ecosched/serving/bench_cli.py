@@ -72,6 +72,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     p.add_argument("--no-xargs", action="store_true", help="plain OpenAI body: no vllm_xargs, no continuous usage")
     p.add_argument(
+        "--xargs-field",
+        default="vllm_xargs",
+        help="body field carrying the ecosched_* per-request fields: vllm_xargs (vLLM, default) or custom_params (SGLang)",
+    )
+    p.add_argument(
         "--max-duration-s", type=float, default=600.0, help="cut a run off after this long (default: %(default)s)"
     )
     p.add_argument("--sched-stats", metavar="PATH", help="float64 schedule() durations the server appends to")

@@ -190,7 +190,7 @@ def _timeline(points: list[server_stats.KVPoint], num_blocks: int | None) -> lis
 
 def _body(plan: BenchPlan, request: BenchRequest, model: str) -> dict[str, object]:
     ids = prompt_ids(request, plan.args.seed, plan.vocab)
-    return completion_body(request, model, ids, xargs=not plan.args.no_xargs)
+    return completion_body(request, model, ids, xargs=not plan.args.no_xargs, xargs_field=plan.args.xargs_field)
 
 
 def _setup(plan: BenchPlan, workload: Any, model: str, max_model_len: int) -> dict[str, Any]:
@@ -207,6 +207,7 @@ def _setup(plan: BenchPlan, workload: Any, model: str, max_model_len: int) -> di
         "vocab_range": list(plan.vocab),
         "declared_max_tokens": args.declared_max_tokens,
         "xargs": not args.no_xargs,
+        "xargs_field": args.xargs_field,
         "max_duration_s": args.max_duration_s,
         "sched_stats": args.sched_stats,
         "label": args.label,

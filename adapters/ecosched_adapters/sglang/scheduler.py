@@ -193,6 +193,7 @@ class EcoschedSGLangScheduler(Scheduler):
         self.check_ledger = settings.check_ledger
         self.stats_out = StepStats(settings.stats_path)
         self._flushed_steps = 0
+        self._flushed_summary: dict[str, Any] = {}
         self.plan: dict[str, PrefillChunk] = {}
         self._plan_rank: dict[str, int] = {}
         self._decision: Decision | None = None
@@ -211,7 +212,11 @@ class EcoschedSGLangScheduler(Scheduler):
             "ledger_mismatch_steps": 0,
             "reconciled_aborts": 0,
             "rejected": 0,
+            "retractions_off_policy": 0,  # SGLang retracted other requests than the policy's victims
+            "retractions_unlike_sglang": 0,  # the policy's first victim differed from SGLang's own choice
         }
+        self._victim_order: list[str] = []
+        self._stock_first_victim: str | None = None
         self.prefill_adder_cls = type("EcoschedPrefillAdderBound", (EcoschedPrefillAdder,), {"owner": self})
         original_calc = self.policy.calc_priority
 
@@ -334,10 +339,9 @@ class EcoschedSGLangScheduler(Scheduler):
             self._settle(decision, batch, start)
         if self.stats_out.enabled and batch is not None:
             tokens, context = batch_totals(batch)
-            self.stats_out.step(
-                start, time.perf_counter() - t0, tokens, context, len(decision.preempted) if decision else 0
-            )
-        if self.check_ledger:
+            preempted = (len(decision.preempted) if decision else 0) + len(self._sglang_retracted)
+            self.stats_out.step(start, time.perf_counter() - t0, tokens, context, preempted)
+        if self.check_ledger and (batch is not None or decision is not None):
             t1 = time.perf_counter()
             self.check_kv(plan.running_batch, batch, last_batch)
             self.stats_out.check(time.perf_counter() - t1)
@@ -401,6 +405,8 @@ class EcoschedSGLangScheduler(Scheduler):
         try:
             for req in retracted:
                 self._add_request_to_queue(req, is_retracted=True)
+                # the token of a step still in flight for it is discarded by SGLang (overlap loop)
+                self.core.drop_in_flight_tokens(req.rid, len(req.output_ids))
         finally:
             self._core_retracting = False
         self.counters["core_preemptions"] += len(retracted)
@@ -422,6 +428,13 @@ class EcoschedSGLangScheduler(Scheduler):
             self.counters["sglang_refused"] += sum(1 for rid in dropped if rid in admitted)
             self.counters["withdrawn"] += len(dropped)
             self.core.withdraw(dropped)
+        if self._sglang_retracted:
+            order = [r.rid for r in self._sglang_retracted]
+            if order != self._victim_order[: len(order)]:
+                self.counters["retractions_off_policy"] += 1
+                logger.error("ecosched: SGLang retracted %s, the policy's victims were %s", order, self._victim_order)
+            if order[0] != self._stock_first_victim:
+                self.counters["retractions_unlike_sglang"] += 1
         for req in self._sglang_retracted:
             state = self.core.requests.get(req.rid)
             if state is not None and state.status is RequestStatus.RUNNING:
@@ -457,8 +470,6 @@ class EcoschedSGLangScheduler(Scheduler):
             if req.finished() and req.rid in self.core.requests:
                 stops.append(Stop(req.rid, _finish_reason(req.finished_reason), len(req.output_ids)))
         self.core.update(StepOutcome(step_id, time.monotonic(), tuple(stops)))
-        if not self.core.num_unfinished:
-            self._flush_stats()
 
     def _reconcile(self, running_batch: Any, last_batch: Any) -> None:
         """Abort in the core every request SGLang no longer has anywhere (client aborts, disconnects,
@@ -506,6 +517,10 @@ class EcoschedSGLangScheduler(Scheduler):
             victim = self.core.policy.victims.choose(candidates, self.core)
             candidates.remove(victim)
             picked.append(index[id(victim)])
+        self._victim_order = [reqs[i].rid for i in picked]
+        # SGLang's own order (retraction policy "length"): fewest output tokens, then longest prompt, go first
+        stock = sorted(range(len(reqs)), key=lambda i: (len(reqs[i].output_ids), -len(reqs[i].origin_input_ids)))
+        self._stock_first_victim = reqs[stock[0]].rid if stock else None
         return others + picked[::-1]
 
     # ---- KV bookkeeping ----
@@ -558,7 +573,18 @@ class EcoschedSGLangScheduler(Scheduler):
 
     def summary(self) -> dict[str, Any]:
         s = self.core.stats
+        alloc = self.token_to_kv_pool_allocator
         return {
+            "kv_total_tokens": self.max_total_num_tokens,
+            "kv_available_tokens": alloc.available_size(),
+            "kv_evictable_tokens": self.tree_cache.evictable_size(),
+            "kv_protected_tokens": self.tree_cache.protected_size(),
+            "sglang_waiting": len(self.waiting_queue),
+            "sglang_running": self.running_batch.batch_size(),
+            "core_unfinished": self.core.num_unfinished,
+            "ledger_used_blocks": self.core.ledger.num_used_blocks,
+            "ledger_free_blocks": self.core.ledger.num_free_blocks,
+            "ledger_blocks": self.core.ledger.num_blocks,
             "policy": self.core.policy.name,
             "predictor": self.core.predictor.name,
             **self.counters,
@@ -576,11 +602,14 @@ class EcoschedSGLangScheduler(Scheduler):
         self._flush_stats()
 
     def _flush_stats(self) -> None:
-        """Write the stats files once per stretch of work (SGLang calls on_idle in a loop)."""
-        steps = self.stats_out.counters["steps"]
-        if self.stats_out.enabled and steps != self._flushed_steps:
-            self._flushed_steps = steps
-            self.stats_out.flush(extra=self.summary())
+        """Write the stats files when idle and something changed (SGLang calls on_idle in a loop)."""
+        if not self.stats_out.enabled:
+            return
+        summary = self.summary()
+        if summary != self._flushed_summary or self.stats_out.counters["steps"] != self._flushed_steps:
+            self._flushed_summary = summary
+            self._flushed_steps = self.stats_out.counters["steps"]
+            self.stats_out.flush(extra=summary)
 
 
 def _finish_reason(reason: Any) -> FinishReason:

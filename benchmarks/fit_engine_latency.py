@@ -1,8 +1,8 @@
-"""Fit the core's linear step-time model to a real vLLM engine's steps.
+"""Fit the core's linear step-time model to a real engine's steps (vLLM or SGLang).
 
-`ecosched serve --stats PATH` makes the scheduler (stock or ecosched) log, per step, when schedule()
-started, the tokens it scheduled and the context tokens of the scheduled requests (`PATH.steps`).
-While the engine is busy, a step's time is the gap to the next start. This script fits
+`ecosched serve --stats PATH` makes the scheduler (stock or ecosched) log, per step, when its
+scheduling call (vLLM's schedule(), SGLang's get_next_batch_to_run) started, the tokens it scheduled
+and the context tokens of the scheduled requests (`PATH.steps`). While the engine is busy, a step's time is the gap to the next start. This script fits
 
     step = base + per_token * tokens + per_context_token * context tokens
 
@@ -10,7 +10,7 @@ by least squares over busy steps (gaps under --max-gap-ms) and prints the `laten
 ecosched config, with the fit's error. The ecoserve policy sizes its per-step token budget with this
 model (the largest budget whose predicted step stays within the tightest TBT target x budget_safety).
 
-    python benchmarks/fit_vllm_latency.py results/vllm-cpu-tiny/vllm.sched.bin
+    python benchmarks/fit_engine_latency.py results/vllm-cpu-tiny/vllm.sched.bin
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
-"""Stock vLLM vs vLLM with ecosched in charge, on the real CPU engine, under KV pressure, in one run.
+"""Stock engine vs the same engine with ecosched in charge, on the real CPU engine, under KV pressure, in one run.
 
-For each arm (stock vLLM's own scheduler, timed but unchanged; ecosched `ecoserve`; any other policy
-named with --arms) the script starts `ecosched serve --backend vllm` with the same engine arguments
-(the tiny local model, a KV cache sized so the workload contends for it), replays the Azure
+For each arm (the engine's own scheduler, timed but unchanged; ecosched `ecoserve`; any other policy
+named with --arms) the script starts `ecosched serve --backend vllm|sglang` with the same engine
+arguments (the tiny local model, a KV cache sized so the workload contends for it), replays the Azure
 conversation trace with lengths scaled to the model's context at each rate of the sweep with
 `ecosched bench`, and stops the server. Arms run one after another on the same machine, one server
 at a time. Each run also records the engine's median decode-only step time in its window
 (`decode_step_ms_p50`): a check that the machine itself was not slowed down. Everything lands in one
 results.json (the `ecosched simulate` schema, one label per arm, plus `summary`: capacities, goodput
-ratios at the highest rate where stock vLLM still meets the attainment target, preemptions, and
-schedule() overhead per call) with the usual plots.
+ratios at the highest rate where the stock engine still meets the attainment target, preemptions, and
+scheduling overhead per call) with the usual plots.
 
-    python benchmarks/bench_vllm.py --out benchmarks/results/vllm-cpu-tiny
+    python benchmarks/bench_engine.py --backend vllm --out benchmarks/results/vllm-cpu-tiny
+    python benchmarks/bench_engine.py --backend sglang --out benchmarks/results/sglang-cpu-tiny
 
 Takes about arms x (60 s start + the runs); the defaults take about 30 minutes here.
 """
@@ -29,42 +30,72 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fit_vllm_latency import load_steps  # noqa: E402
+from benchmarks.fit_engine_latency import load_steps  # noqa: E402
 from integration.server import free_port, serve_command, start_server  # noqa: E402
 
-# The engine, identical for every arm; the KV cache size is --kv-blocks (default 40 blocks of 32
-# tokens = 1,248 usable tokens: three or four requests of the scaled Azure mix at once), so admission,
-# reservation and preemption decide the outcome.
-ENGINE_ARGS = ["--max-model-len", "1024", "--block-size", "32", "--max-num-seqs", "32"]
-ENGINE_ARGS += ["--max-num-batched-tokens", "512"]
-ARMS = {
-    "vllm (stock)": ["--no-ecosched"],
-    "ecoserve": ["--policy", "ecoserve"],  # the config's predictor: the noisy oracle
-    "ecoserve (oracle)": ["--policy", "ecoserve", "--predictor", "oracle"],  # exact lengths: the upper bound
+# The engine, identical for every arm, per backend. The KV cache is small (--kv-tokens) so that
+# admission, reservation and preemption decide the outcome: three or four requests of the scaled
+# Azure mix at once.
+BACKENDS: dict[str, dict[str, Any]] = {
+    "vllm": {
+        # 40 blocks of 32 tokens (1,248 usable: block 0 is vLLM's null block)
+        "engine_args": ["--max-model-len", "1024", "--block-size", "32", "--max-num-seqs", "32",
+                        "--max-num-batched-tokens", "512"],
+        "kv_args": lambda tokens: ["--num-gpu-blocks-override", str(tokens // 32)],
+        "kv_tokens": 1280,
+        "arms": {
+            "vllm (stock)": ["--no-ecosched"],
+            "ecoserve": ["--policy", "ecoserve"],  # the config's predictor: the noisy oracle
+            "ecoserve (oracle)": ["--policy", "ecoserve", "--predictor", "oracle"],  # exact lengths: the upper bound
+        },
+        "config": REPO / "configs" / "vllm-cpu-tiny.yaml",
+        "bench_args": [],
+        "title": "tiny Llama on vLLM 0.32 (CPU), KV-bound: stock vs ecosched",
+    },
+    "sglang": {
+        # SGLang's defaults (overlap scheduling, radix cache) plus mixed chunks for both arms (ecosched
+        # serve adds --enable-mixed-chunk); page size 1
+        "engine_args": ["--context-length", "1024", "--max-running-requests", "32", "--chunked-prefill-size", "512"],
+        "kv_args": lambda tokens: ["--max-total-tokens", str(tokens)],
+        "kv_tokens": 1248,
+        "arms": {
+            "sglang (stock)": ["--no-ecosched"],
+            "ecoserve": ["--policy", "ecoserve"],
+            "ecoserve (oracle)": ["--policy", "ecoserve", "--predictor", "oracle"],
+        },
+        "config": REPO / "configs" / "sglang-cpu-tiny.yaml",
+        "bench_args": ["--xargs-field", "custom_params"],
+        "title": "tiny Llama on SGLang 0.5.23 (CPU), KV-bound: stock vs ecosched",
+    },
 }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=list(BACKENDS), default="vllm", help="engine to compare on")
     p.add_argument("--model", help="model directory (default: build the tiny model into OUT/tiny-llama)")
     p.add_argument("--trace", default=str(REPO.parent / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"))
     p.add_argument("--rates", default="1,2,3,4,6,8", help="arrival rates (req/s) of the sweep")
     p.add_argument("--num-requests", type=int, default=150, help="requests per rate")
     p.add_argument("--length-scale", type=float, default=0.25, help="Azure lengths x this (context 1024)")
-    p.add_argument("--kv-blocks", type=int, default=40, help="KV blocks of 32 tokens (--num-gpu-blocks-override)")
-    p.add_argument(
-        "--config", default=str(REPO / "configs" / "vllm-cpu-tiny.yaml"), help="ecosched config (SLOs, predictor)"
-    )
-    p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (known: {', '.join(ARMS)}; or any policy name)")
+    p.add_argument("--kv-tokens", type=int, help="KV cache size in tokens (default: the backend's, about 1,250)")
+    p.add_argument("--config", help="ecosched config (SLOs, predictor; default: configs/<backend>-cpu-tiny.yaml)")
+    p.add_argument("--arms", help="arms to run, comma-separated (default: the backend's stock, ecoserve, oracle; "
+                   "or any policy name)")
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--max-duration-s", type=float, default=300.0, help="cut one rate's run off after this long")
-    p.add_argument("--out", default=str(REPO / "results" / "vllm-cpu-tiny"))
+    p.add_argument("--out", help="output directory (default: results/<backend>-cpu-tiny)")
     args = p.parse_args()
+    backend = BACKENDS[args.backend]
+    args.config = args.config or str(backend["config"])
+    args.out = args.out or str(REPO / "results" / f"{args.backend}-cpu-tiny")
+    arms: dict[str, list[str]] = backend["arms"]
+    args.arms = args.arms or ",".join(arms)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else build_model(out / "tiny-llama")
     labels = [label.strip() for label in args.arms.split(",")]
-    engine_args = [*ENGINE_ARGS, "--num-gpu-blocks-override", str(args.kv_blocks)]
+    engine_args = [*backend["engine_args"], *backend["kv_args"](args.kv_tokens or backend["kv_tokens"])]
     # One server at a time: with three vLLM servers up (two idle) on this 2-core machine, results
     # stopped being monotonic in the rate, while one server at a time gives smooth curves. Arms run
     # one after another; each arm's server is started fresh.
@@ -72,7 +103,7 @@ def main() -> int:
     stats: dict[str, Path] = {}
     setup = None
     for label in labels:
-        server, stats[label] = start_arm(label, model, args, out, engine_args)
+        server, stats[label] = start_arm(label, arm_mode(arms, label), model, args, out, engine_args)
         try:
             for rate in (float(r) for r in args.rates.split(",")):
                 res = bench_one(label, (server, stats[label]), rate, args, out)
@@ -81,14 +112,19 @@ def main() -> int:
         finally:
             server.stop()
     merged: dict[str, Any] = {
-        "setup": {**(setup or {}), "arms": {label: arm_mode(label) for label in labels}, "engine_args": engine_args},
+        "setup": {
+            **(setup or {}),
+            "backend": args.backend,
+            "arms": {label: arm_mode(arms, label) for label in labels},
+            "engine_args": engine_args,
+        },
         "runs": [r for label in labels for r in runs[label]],
         "capacity": {label: capacity(runs[label], args.target) for label in labels},
         "sched_overhead": {label: sched_overhead(stats[label]) for label in labels},
     }
     merged["summary"] = summarize(merged, args.target)
     (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
-    plot(out, merged)
+    plot(out, merged, backend["title"])
     print(json.dumps(merged["summary"], indent=1))
     return 0
 
@@ -98,21 +134,23 @@ def build_model(directory: Path) -> Path:
     return directory
 
 
-def arm_mode(label: str) -> list[str]:
-    return ARMS.get(label, ["--policy", label])
+def arm_mode(arms: dict[str, list[str]], label: str) -> list[str]:
+    return arms.get(label, ["--policy", label])
 
 
 def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-").replace("--", "-")
 
 
-def start_arm(label: str, model: Path, args: argparse.Namespace, out: Path, engine_args: list[str]) -> Any:
+def start_arm(
+    label: str, arm: list[str], model: Path, args: argparse.Namespace, out: Path, engine_args: list[str]
+) -> Any:
     stats = out / f"{slug(label)}.sched.bin"
     port = free_port()
-    mode = [*arm_mode(label), "--stats", str(stats)]
+    mode = [*arm, "--stats", str(stats)]
     if "--no-ecosched" not in mode:
         mode += ["--config", args.config]
-    cmd = serve_command(model, port, [*mode, "--", *engine_args])
+    cmd = serve_command(model, port, [*mode, "--", *engine_args], backend=args.backend)
     print(f"[{label}] starting: {' '.join(cmd)}", file=sys.stderr, flush=True)
     return start_server(cmd, port, out / f"{slug(label)}.server.log"), stats
 
@@ -126,6 +164,7 @@ def bench_one(label: str, arm: Any, rate: float, args: argparse.Namespace, out: 
         "--length-scale", str(args.length_scale), "--config", args.config, "--label", label,
         "--sched-stats", str(stats), "--max-duration-s", str(args.max_duration_s),
         "--target", str(args.target), "--out", str(arm_out), "--no-plots", "--quiet",
+        *BACKENDS[args.backend]["bench_args"],
     ]  # fmt: skip
     t0 = time.monotonic()
     subprocess.run(bench, check=True)
@@ -160,19 +199,26 @@ def capacity(runs: list[dict[str, Any]], target: float) -> float | None:
 
 
 def sched_overhead(stats: Path) -> dict[str, float]:
-    """Wall time per schedule() call over the whole arm (every rate), from the server's stats file."""
+    """Wall time per scheduling call over the whole arm (every rate), from the server's stats file, and
+    the ledger check's time per step where the adapter ran one (`PATH.check`)."""
     import numpy as np
 
     d = np.fromfile(stats, dtype="<f8") if stats.exists() else np.zeros(0)
     busy = d  # every call, idle ones included: the engine only steps when it has requests
     if not busy.size:
         return {"calls": 0}
-    return {
+    out = {
         "calls": int(busy.size),
         "mean_us": float(busy.mean() * 1e6),
         "p50_us": float(np.quantile(busy, 0.5) * 1e6),
         "p99_us": float(np.quantile(busy, 0.99) * 1e6),
     }
+    check_path = Path(str(stats) + ".check")
+    checks = np.fromfile(check_path, dtype="<f8") if check_path.exists() else np.zeros(0)
+    if checks.size:
+        out["check_mean_us"] = float(checks.mean() * 1e6)
+        out["check_p50_us"] = float(np.quantile(checks, 0.5) * 1e6)
+    return out
 
 
 def summarize(merged: dict[str, Any], target: float) -> dict[str, Any]:
@@ -222,7 +268,7 @@ def summarize(merged: dict[str, Any], target: float) -> dict[str, Any]:
     return summary
 
 
-def plot(out: Path, merged: dict[str, Any]) -> None:
+def plot(out: Path, merged: dict[str, Any], title: str) -> None:
     from ecosched.sim.metrics import RunMetrics
     from ecosched.sim.plots import plot_all
 
@@ -234,7 +280,7 @@ def plot(out: Path, merged: dict[str, Any]) -> None:
         capacity=merged["capacity"],
         target=merged["summary"].get("target", 0.9),
         timelines={},
-        title="tiny Llama on vLLM 0.32 (CPU), KV-bound: stock vs ecosched",
+        title=title,
     )
 
 
