@@ -199,8 +199,8 @@ def capacity(runs: list[dict[str, Any]], target: float) -> float | None:
 
 
 def sched_overhead(stats: Path) -> dict[str, float]:
-    """Wall time per scheduling call over the whole arm (every rate), from the server's stats file, and
-    the ledger check's time per step where the adapter ran one (`PATH.check`)."""
+    """Wall time per scheduling call over the whole arm (every rate), from the server's stats file; the
+    core's decision time per step (`PATH.policy`) and the ledger check's (`PATH.check`) where recorded."""
     import numpy as np
 
     d = np.fromfile(stats, dtype="<f8") if stats.exists() else np.zeros(0)
@@ -218,6 +218,12 @@ def sched_overhead(stats: Path) -> dict[str, float]:
     if checks.size:
         out["check_mean_us"] = float(checks.mean() * 1e6)
         out["check_p50_us"] = float(np.quantile(checks, 0.5) * 1e6)
+    policy_path = Path(str(stats) + ".policy")
+    policy = np.fromfile(policy_path, dtype="<f8") if policy_path.exists() else np.zeros(0)
+    if policy.size:
+        out["policy_mean_us"] = float(policy.mean() * 1e6)
+        out["policy_p50_us"] = float(np.quantile(policy, 0.5) * 1e6)
+        out["policy_p99_us"] = float(np.quantile(policy, 0.99) * 1e6)
     return out
 
 

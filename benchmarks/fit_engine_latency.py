@@ -2,7 +2,8 @@
 
 `ecosched serve --stats PATH` makes the scheduler (stock or ecosched) log, per step, when its
 scheduling call (vLLM's schedule(), SGLang's get_next_batch_to_run) started, the tokens it scheduled
-and the context tokens of the scheduled requests (`PATH.steps`). While the engine is busy, a step's time is the gap to the next start. This script fits
+and the context tokens of the scheduled requests (`PATH.steps`). While the engine is busy, a step's
+time is the gap to the next start. This script fits
 
     step = base + per_token * tokens + per_context_token * context tokens
 

@@ -40,3 +40,24 @@ def step(scheduler: Scheduler, now: float = 0.0, stops: tuple[Any, ...] = ()):  
 @pytest.fixture
 def small_cache() -> dict[str, Any]:
     return {"block_size": 16, "num_gpu_blocks": 64, "num_cpu_blocks": 32, "max_model_len": 1024}
+
+
+def require_sglang() -> None:
+    """Fail a test module that needs SGLang when it is not importable (skip instead with
+    ECOSCHED_SKIP_ENGINE_TESTS=1), as the integration tests do with every engine."""
+    import importlib.util
+    import os
+    import sys
+
+    import pytest
+
+    if importlib.util.find_spec("sglang") is not None:
+        return
+    problem = f"the SGLang adapter tests need sglang, not importable by {sys.executable}"
+    if os.environ.get("ECOSCHED_SKIP_ENGINE_TESTS") == "1":
+        pytest.skip(f"{problem} (ECOSCHED_SKIP_ENGINE_TESTS=1)", allow_module_level=True)
+    pytest.fail(
+        f"{problem}: install it with scripts/install_sglang.sh (CPU) or `pip install -e '.[sglang]'`; "
+        "or set ECOSCHED_SKIP_ENGINE_TESTS=1 to skip these tests",
+        pytrace=False,
+    )

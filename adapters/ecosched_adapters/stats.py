@@ -8,7 +8,8 @@ wall time of each scheduling call in the same way, so their overheads compare wi
 duration, the tokens scheduled and the context tokens of the scheduled requests (their KV after the
 step). The engine's step time is the gap between consecutive starts while it is busy:
 `benchmarks/fit_engine_latency.py` fits the core's latency model to it. `PATH.check` receives the
-duration of every ledger-versus-engine KV check, when the adapter runs one.
+duration of every ledger-versus-engine KV check, when the adapter runs one; `PATH.policy` the time of
+the core's decision within each step, where the engine's scheduling call does more (SGLang).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class StepStats:
         self._pending = array("d")
         self._steps = array("d")
         self._checks = array("d")
+        self._policy = array("d")
         self._last_flush = time.monotonic()
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             open(path, "wb").close()  # fresh files per server
             open(path + ".steps", "wb").close()
             open(path + ".check", "wb").close()
+            open(path + ".policy", "wb").close()
 
     @property
     def enabled(self) -> bool:
@@ -65,6 +68,12 @@ class StepStats:
         if self.path is not None:
             self._checks.append(duration_s)
 
+    def policy(self, duration_s: float) -> None:
+        """Record the duration of the core's decision within one step (`PATH.policy`), where the
+        engine's scheduling call does more than ask the core (SGLang)."""
+        if self.path is not None:
+            self._policy.append(duration_s)
+
     def flush(self, now: float | None = None, extra: dict[str, Any] | None = None) -> None:
         """Write pending durations and the counters (plus `extra`) now."""
         if self.path is None:
@@ -77,9 +86,12 @@ class StepStats:
             self._steps.tofile(f)
         with open(self.path + ".check", "ab") as f:
             self._checks.tofile(f)
+        with open(self.path + ".policy", "ab") as f:
+            self._policy.tofile(f)
         del self._pending[:]
         del self._steps[:]
         del self._checks[:]
+        del self._policy[:]
         tmp = self.path + ".json.tmp"
         with open(tmp, "w") as f:
             json.dump(self.counters, f)

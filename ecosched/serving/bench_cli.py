@@ -74,7 +74,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument(
         "--xargs-field",
         default="vllm_xargs",
-        help="body field carrying the ecosched_* per-request fields: vllm_xargs (vLLM, default) or custom_params (SGLang)",
+        help="body field carrying the ecosched_* per-request fields: vllm_xargs (vLLM, default) or "
+        "custom_params (SGLang)",
     )
     p.add_argument(
         "--max-duration-s", type=float, default=600.0, help="cut a run off after this long (default: %(default)s)"

@@ -4,21 +4,10 @@ mock caches with SGLang's real `PrefillBudget` and real `Req`s, and `keep_order`
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
+from conftest import require_sglang
 
-if importlib.util.find_spec("sglang") is None:
-    _PROBLEM = f"the SGLang adapter tests need sglang, not importable by {sys.executable}"
-    if os.environ.get("ECOSCHED_SKIP_ENGINE_TESTS") == "1":
-        pytest.skip(f"{_PROBLEM} (ECOSCHED_SKIP_ENGINE_TESTS=1)", allow_module_level=True)
-    pytest.fail(
-        f"{_PROBLEM}: install it with scripts/install_sglang.sh (CPU) or `pip install -e '.[sglang]'`; "
-        "or set ECOSCHED_SKIP_ENGINE_TESTS=1 to skip these tests",
-        pytrace=False,
-    )
+require_sglang()
 
 from array import array
 from collections.abc import Iterator

@@ -101,7 +101,7 @@ class EcoschedPrefillAdder(PrefillAdder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._eco_req: Any = None
         super().__init__(*args, **kwargs)
-        self._chunking = self.rem_chunk_tokens is not None
+        self._chunking: bool = getattr(self, "rem_chunk_tokens", None) is not None
         self.rem_input_tokens = _BIG
         if self._chunking:
             self.rem_chunk_tokens = _BIG
@@ -354,7 +354,9 @@ class EcoschedSGLangScheduler(Scheduler):
             return super().get_new_batch_prefill(running_batch)
         if self._radix:
             self._note_prefix_hits()
+        t0 = time.perf_counter()
         decision = self.core.schedule(time.monotonic(), EngineView(self._engine_free_blocks()))
+        self.stats_out.policy(time.perf_counter() - t0)
         self._decision = decision
         if decision.preempted:
             self._retract(decision, running_batch)
@@ -381,14 +383,15 @@ class EcoschedSGLangScheduler(Scheduler):
 
     def _engine_free_blocks(self) -> int:
         """SGLang's free and evictable KV less the reservations the core holds on it."""
-        free = self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size()
-        return free // self.page_size - self.core.ledger.num_reserved_unused_blocks
+        free = int(self.token_to_kv_pool_allocator.available_size() + self.tree_cache.evictable_size())
+        return free // int(self.page_size) - self.core.ledger.num_reserved_unused_blocks
 
     def _retract(self, decision: Decision, running_batch: Any) -> None:
         """Carry out the core's preemptions: each victim leaves the running batch, its KV is
         released, and it waits in SGLang's queue to be prefilled again (prompt + output so far)."""
         victims = {p.request_id for p in decision.preempted}
-        keep, gone = [], []
+        keep: list[int] = []
+        gone: list[int] = []
         for i, req in enumerate(running_batch.reqs):
             (gone if req.rid in victims else keep).append(i)
         if len(gone) != len(victims):
@@ -528,14 +531,14 @@ class EcoschedSGLangScheduler(Scheduler):
         """Tokens the ledger holds for a request (its reservation), None if it holds none."""
         if rid not in self.core.ledger:
             return None
-        return self.core.ledger.capacity_blocks(rid) * self.page_size
+        return self.core.ledger.capacity_blocks(rid) * int(self.page_size)
 
     def headroom_tokens(self, req: Any) -> int:
         """Reserved-but-unused tokens of a running request: what SGLang's adder keeps free for it."""
         cap = self.capacity_tokens(req.rid)
         if cap is None:
             return 0
-        return max(0, cap - req.kv.kv_allocated_len)
+        return max(0, cap - int(req.kv.kv_allocated_len))
 
     def check_kv(self, running_batch: Any, batch: Any, last_batch: Any) -> list[str]:
         """Compare SGLang's KV with itself and with the ledger; count and log disagreements."""
