@@ -29,7 +29,8 @@ prompt + output <= --max-model-len (default: the max_model_len that GET /v1/mode
 does). Requests whose scaled prompt leaves no room for an output token are skipped and counted.
 
 ecosched's in-engine scheduler receives per request vllm_xargs = {ecosched_slo_class,
-ecosched_true_output_tokens, ecosched_max_tokens}. The engine is forced to stop at the trace's length
+ecosched_true_output_tokens, ecosched_max_tokens} (SGLang: the same in custom_params, with
+--xargs-field custom_params). The engine is forced to stop at the trace's length
 by max_tokens, but the scheduler is told the limit a real client would have declared
 (--declared-max-tokens context: max_model_len - prompt; exact: the trace's length), so max_tokens is
 not a free length oracle. --no-xargs sends a plain OpenAI body (no vllm_xargs, no

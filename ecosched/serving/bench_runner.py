@@ -33,7 +33,7 @@ from ecosched.serving.bench_metrics import ServerDelta, run_metrics, server_note
 from ecosched.sim.engine import KVSample
 from ecosched.sim.metrics import RunMetrics
 
-# NOTE: the server writes --sched-stats in batches (ecosched_adapters.vllm.stats flushes at most once a
+# NOTE: the server writes --sched-stats in batches (ecosched_adapters.stats flushes at most once a
 # second); waiting this long after a run lets a time-based flush land before the file is read.
 SCHED_SETTLE_S = 1.2
 

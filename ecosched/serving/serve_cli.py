@@ -6,7 +6,7 @@ process (so signals and exit codes are the server's own).
 vLLM:
 
 - `--scheduler-cls ecosched_adapters.vllm.scheduler.EcoschedScheduler`, with the resolved ecosched
-  configuration in `ECOSCHED_CONFIG_JSON` (see `ecosched_adapters/vllm/settings.py`);
+  configuration in `ECOSCHED_CONFIG_JSON` (see `ecosched_adapters/settings.py`);
 - `--no-ecosched` (or `--policy vllm`): stock vLLM, for comparison. With `--stats`, its scheduler is
   `TimedAsyncScheduler`, vLLM's own scheduler timed the same way as ecosched's;
 - 127.0.0.1 unless `--host` says otherwise; `--no-enable-prefix-caching` (the ecosched scheduler does
