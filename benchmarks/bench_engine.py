@@ -82,6 +82,12 @@ def main() -> int:
     p.add_argument("--config", help="ecosched config (SLOs, predictor; default: configs/<backend>-cpu-tiny.yaml)")
     p.add_argument("--arms", help="arms to run, comma-separated (default: the backend's stock, ecoserve, oracle; "
                    "or any policy name)")
+    p.add_argument(
+        "--force-length",
+        choices=("max-tokens", "stop"),
+        default="max-tokens",
+        help="how `ecosched bench` forces lengths (stop: without showing them to the engine; see its --help)",
+    )
     p.add_argument("--target", type=float, default=0.9)
     p.add_argument("--max-duration-s", type=float, default=300.0, help="cut one rate's run off after this long")
     p.add_argument("--out", help="output directory (default: results/<backend>-cpu-tiny)")
@@ -94,6 +100,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = Path(args.model) if args.model else build_model(out / "tiny-llama")
+    args.model_dir = str(model)
     labels = [label.strip() for label in args.arms.split(",")]
     engine_args = [*backend["engine_args"], *backend["kv_args"](args.kv_tokens or backend["kv_tokens"])]
     # One server at a time: with three vLLM servers up (two idle) on this 2-core machine, results
@@ -164,7 +171,7 @@ def bench_one(label: str, arm: Any, rate: float, args: argparse.Namespace, out: 
         "--length-scale", str(args.length_scale), "--config", args.config, "--label", label,
         "--sched-stats", str(stats), "--max-duration-s", str(args.max_duration_s),
         "--target", str(args.target), "--out", str(arm_out), "--no-plots", "--quiet",
-        *BACKENDS[args.backend]["bench_args"],
+        *BACKENDS[args.backend]["bench_args"], *force_length_args(args),
     ]  # fmt: skip
     t0 = time.monotonic()
     subprocess.run(bench, check=True)
@@ -174,6 +181,13 @@ def bench_one(label: str, arm: Any, rate: float, args: argparse.Namespace, out: 
     for run in res["runs"]:
         run["decode_step_ms_p50"] = decode_step_ms(stats, t0, t1)
     return res
+
+
+def force_length_args(args: argparse.Namespace) -> list[str]:
+    if args.force_length != "stop":
+        return []
+    vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
+    return ["--force-length", "stop", "--vocab-size", str(vocab)]
 
 
 def decode_step_ms(stats: Path, t0: float, t1: float, max_gap_s: float = 0.5) -> float | None:

@@ -137,10 +137,32 @@ def prompt_ids(request: BenchRequest, seed: int, vocab: tuple[int, int]) -> list
     return rng.choices(range(lo, hi + 1), k=request.num_prompt_tokens)
 
 
+# `--force-length stop`: ids the model may sample before `min_tokens` is reached; every other id of
+# the vocabulary is a stop id, so the first token after it ends the request (greedy sampling)
+FREE_IDS = 10
+
+
+def stop_token_ids(vocab_size: int) -> list[int]:
+    """Every token id but a window of FREE_IDS in the middle of the vocabulary."""
+    lo = vocab_size // 2
+    return [t for t in range(vocab_size) if not lo <= t < lo + FREE_IDS]
+
+
 def completion_body(
-    request: BenchRequest, model: str, ids: list[int], *, xargs: bool, seed: int = 0, xargs_field: str = "vllm_xargs"
+    request: BenchRequest,
+    model: str,
+    ids: list[int],
+    *,
+    xargs: bool,
+    seed: int = 0,
+    xargs_field: str = "vllm_xargs",
+    stop_ids: list[int] | None = None,
 ) -> dict[str, object]:
-    """The JSON body of one streaming completion (see the module docstring for the why of each field)."""
+    """The JSON body of one streaming completion (see the module docstring for the why of each field).
+
+    With `stop_ids` (`--force-length stop`) the length is forced without showing it to the engine:
+    `max_tokens` is the declared limit, `min_tokens` is the length - 1 and every id in `stop_ids`
+    stops the request, so the token after the minimum (a stop id) ends it at the length."""
     body: dict[str, object] = {
         "model": model,
         "prompt": ids,
@@ -150,6 +172,11 @@ def completion_body(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if stop_ids is not None:
+        body["max_tokens"] = max(request.declared_max_tokens, request.num_output_tokens)
+        body["min_tokens"] = request.num_output_tokens - 1
+        body["ignore_eos"] = False
+        body["stop_token_ids"] = stop_ids
     if xargs:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         body[xargs_field] = {

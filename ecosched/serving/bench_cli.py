@@ -71,6 +71,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="ecosched_max_tokens told to the scheduler: max_model_len - prompt, or the forced length "
         "(default: context)",
     )
+    p.add_argument(
+        "--force-length",
+        choices=("max-tokens", "stop"),
+        default="max-tokens",
+        help="how each request's length is forced: max-tokens (max_tokens = the length, ignore_eos; the "
+        "engine sees the length) or stop (max_tokens = the declared limit, min_tokens = length - 1 and "
+        "every other token id a stop id; needs --vocab-size; the engine does not see the length)",
+    )
+    p.add_argument("--vocab-size", type=int, help="the model's vocabulary size (for --force-length stop)")
     p.add_argument("--no-xargs", action="store_true", help="plain OpenAI body: no vllm_xargs, no continuous usage")
     p.add_argument(
         "--xargs-field",
@@ -96,6 +105,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 def bench_command(args: argparse.Namespace) -> int:
     from ecosched.config import load_config
+    from ecosched.serving.bench import FREE_IDS, stop_token_ids
     from ecosched.serving.bench_runner import BenchPlan, run_bench
     from ecosched.sim.cli import _rates, print_table, write_results
 
@@ -104,7 +114,12 @@ def bench_command(args: argparse.Namespace) -> int:
     rates = _rates(args.rates) if args.rates else _rates(str(args.rate)) if args.rate is not None else []
     _check_args(args)
     config = load_config(args.config, args.set)
-    plan = BenchPlan(args, config, rates, _vocab(args.vocab_range))
+    stop_ids = None
+    if args.force_length == "stop":
+        if not args.vocab_size or args.vocab_size <= FREE_IDS:
+            raise ConfigError(f"--force-length stop needs --vocab-size N (N > {FREE_IDS}: the model's vocabulary)")
+        stop_ids = stop_token_ids(args.vocab_size)
+    plan = BenchPlan(args, config, rates, _vocab(args.vocab_range), stop_ids)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(run_bench(plan))

@@ -46,6 +46,7 @@ class BenchPlan:
     config: EcoschedConfig
     rates: list[float]  # empty: the workload's native rate
     vocab: tuple[int, int]
+    stop_ids: list[int] | None = None  # `--force-length stop`: every id that ends a request
 
     @property
     def base_url(self) -> str:
@@ -190,7 +191,9 @@ def _timeline(points: list[server_stats.KVPoint], num_blocks: int | None) -> lis
 
 def _body(plan: BenchPlan, request: BenchRequest, model: str) -> dict[str, object]:
     ids = prompt_ids(request, plan.args.seed, plan.vocab)
-    return completion_body(request, model, ids, xargs=not plan.args.no_xargs, xargs_field=plan.args.xargs_field)
+    return completion_body(
+        request, model, ids, xargs=not plan.args.no_xargs, xargs_field=plan.args.xargs_field, stop_ids=plan.stop_ids
+    )
 
 
 def _setup(plan: BenchPlan, workload: Any, model: str, max_model_len: int) -> dict[str, Any]:
@@ -208,6 +211,7 @@ def _setup(plan: BenchPlan, workload: Any, model: str, max_model_len: int) -> di
         "declared_max_tokens": args.declared_max_tokens,
         "xargs": not args.no_xargs,
         "xargs_field": args.xargs_field,
+        "force_length": "stop" if plan.stop_ids is not None else "max-tokens",
         "max_duration_s": args.max_duration_s,
         "sched_stats": args.sched_stats,
         "label": args.label,

@@ -99,6 +99,22 @@ def test_request_body_is_token_ids_with_forced_length_and_xargs(fake: FakeServer
     assert "vllm_xargs" not in plain and plain["stream_options"] == {"include_usage": True}
 
 
+def test_forcing_lengths_by_stop_ids_hides_them_from_the_engine(tmp_path: Path) -> None:
+    """`--force-length stop`: max_tokens is the declared limit, the length comes from min_tokens and a
+    stop set covering all but a few ids; SGLang's per-request fields go in custom_params."""
+    from ecosched.serving.bench import FREE_IDS, stop_token_ids
+
+    r = _requests(1)[0]
+    stops = stop_token_ids(2000)
+    assert len(stops) == 2000 - FREE_IDS and 1000 not in stops and 999 in stops
+    body = completion_body(r, "m", [1, 2], xargs=True, xargs_field="custom_params", stop_ids=stops)
+    assert body["max_tokens"] == 200 and body["min_tokens"] == r.num_output_tokens - 1
+    assert body["ignore_eos"] is False and body["stop_token_ids"] is stops
+    assert body["custom_params"]["ecosched_true_output_tokens"] == r.num_output_tokens and "vllm_xargs" not in body
+    argv = ["bench", "--url", "http://127.0.0.1:9", "--trace", "synthetic", "--force-length", "stop"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2  # no --vocab-size: refused before any request
+
+
 def test_http_400_and_mid_stream_errors_are_counted_not_raised(fake: FakeServer) -> None:
     fake.behaviour.reject = lambda body: 400 if len(body["prompt"]) == 8 else None
     fake.behaviour.error_mid_stream = lambda body: len(body["prompt"]) == 9
