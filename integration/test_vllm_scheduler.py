@@ -18,13 +18,8 @@ from integration.conftest import VLLM_INSTALL_HINT, VLLM_MODULES, require_module
 
 require_modules("vLLM", VLLM_MODULES, VLLM_INSTALL_HINT, module_level=True)
 
-from ecosched_adapters.vllm.scheduler import (  # noqa: E402
-    XARG_MAX_TOKENS,
-    XARG_SLO_CLASS,
-    XARG_TRUE_OUTPUT,
-    AdapterStateError,
-    EcoschedScheduler,
-)
+from ecosched_adapters.request_fields import FIELD_MAX_TOKENS, FIELD_SLO_CLASS, FIELD_TRUE_OUTPUT  # noqa: E402
+from ecosched_adapters.vllm.scheduler import AdapterStateError, EcoschedScheduler  # noqa: E402
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
 
@@ -132,7 +127,7 @@ def test_reservation_means_no_preemption_when_predictions_are_right(model_dir: P
     cache too small for everyone at once admits fewer requests instead of preempting later."""
     s = eco(model_dir, "policy=ecoserve", "predictor.kind=oracle", "policies.ecoserve.pipelining=false", num_blocks=16)
     for i in range(8):
-        s.add_request(make_request(f"r{i}", 40, 50, extra_args={XARG_TRUE_OUTPUT: 50}))
+        s.add_request(make_request(f"r{i}", 40, 50, extra_args={FIELD_TRUE_OUTPUT: 50}))
     trace = drive(s)
     assert not trace.preempted
     assert {rid: len(t) for rid, t in trace.outputs.items()} == {f"r{i}": 50 for i in range(8)}
@@ -160,12 +155,12 @@ def test_declared_limit_hides_max_tokens_from_the_core(model_dir: Path) -> None:
     """`ecosched_max_tokens` (the client's declared limit) is what the core plans with; vLLM still
     stops at max_tokens, which the core hears as a stop."""
     s = eco(model_dir, num_blocks=60, max_model_len=512)
-    s.add_request(make_request("a", 20, 10, extra_args={XARG_MAX_TOKENS: 400}))
+    s.add_request(make_request("a", 20, 10, extra_args={FIELD_MAX_TOKENS: 400}))
     s.schedule()
     s._take_predictions()
     assert s.core.get("a").max_output_tokens == 400
     s2 = eco(model_dir, num_blocks=60, max_model_len=512)
-    s2.add_request(make_request("a", 20, 10, extra_args={XARG_MAX_TOKENS: 400}))
+    s2.add_request(make_request("a", 20, 10, extra_args={FIELD_MAX_TOKENS: 400}))
     trace = drive(s2)
     assert len(trace.outputs["a"]) == 10 and trace.finish_reasons["a"] == "length"
     assert_nothing_held(s2)
@@ -200,8 +195,8 @@ def test_abort_before_the_prediction_lands(model_dir: Path) -> None:
 
 def test_unknown_slo_class_is_an_error_response_and_others_go_on(model_dir: Path) -> None:
     s = eco(model_dir)
-    s.add_request(make_request("bad", 10, 5, extra_args={XARG_SLO_CLASS: "platinum"}))
-    s.add_request(make_request("good", 10, 5, extra_args={XARG_SLO_CLASS: "batch"}))
+    s.add_request(make_request("bad", 10, 5, extra_args={FIELD_SLO_CLASS: "platinum"}))
+    s.add_request(make_request("good", 10, 5, extra_args={FIELD_SLO_CLASS: "batch"}))
     trace = drive(s)
     assert trace.finish_reasons == {"bad": "error", "good": "length"}
     assert len(trace.outputs["good"]) == 5
@@ -210,8 +205,8 @@ def test_unknown_slo_class_is_an_error_response_and_others_go_on(model_dir: Path
 
 def test_bad_xargs_are_rejected_not_crashing(model_dir: Path) -> None:
     s = eco(model_dir)
-    s.add_request(make_request("a", 10, 5, extra_args={XARG_MAX_TOKENS: "lots"}))
-    s.add_request(make_request("b", 10, 5, extra_args={XARG_TRUE_OUTPUT: 2.5}))
+    s.add_request(make_request("a", 10, 5, extra_args={FIELD_MAX_TOKENS: "lots"}))
+    s.add_request(make_request("b", 10, 5, extra_args={FIELD_TRUE_OUTPUT: 2.5}))
     s.add_request(make_request("c", 10, 5))
     trace = drive(s)
     assert trace.finish_reasons == {"a": "error", "b": "error", "c": "length"}
@@ -229,8 +224,8 @@ def test_pipelining_lends_reserved_blocks_and_vllm_agrees(model_dir: Path) -> No
         num_blocks=28,
         max_model_len=512,
     )
-    s.add_request(make_request("host", 16, 380, extra_args={XARG_TRUE_OUTPUT: 380}))
-    arrivals = {3 + k: [make_request(f"g{k}", 8, 6, extra_args={XARG_TRUE_OUTPUT: 6})] for k in range(6)}
+    s.add_request(make_request("host", 16, 380, extra_args={FIELD_TRUE_OUTPUT: 380}))
+    arrivals = {3 + k: [make_request(f"g{k}", 8, 6, extra_args={FIELD_TRUE_OUTPUT: 6})] for k in range(6)}
     trace = drive(s, arrivals=arrivals)
     assert s.core.stats.num_pipelined > 0
     assert len(trace.outputs["host"]) == 380 and all(len(trace.outputs[f"g{k}"]) == 6 for k in range(6))
@@ -245,7 +240,7 @@ def test_wrong_predictions_both_ways_complete(model_dir: Path) -> None:
         s = eco(model_dir, "predictor.kind=oracle", "policy=ecoserve", num_blocks=20)
         for i, (p, m) in enumerate(MIX):
             told = max(1, int(m * factor))
-            s.add_request(make_request(f"r{i}", p, m, extra_args={XARG_TRUE_OUTPUT: told}))
+            s.add_request(make_request(f"r{i}", p, m, extra_args={FIELD_TRUE_OUTPUT: told}))
         trace = drive(s)
         assert {rid: len(t) for rid, t in trace.outputs.items()} == {f"r{i}": m for i, (_, m) in enumerate(MIX)}
         assert_nothing_held(s)

@@ -29,17 +29,14 @@ class StepStats:
         self.path = path
         self.flush_interval_s = flush_interval_s
         self.counters: dict[str, Any] = {"steps": 0, "preemptions": 0, "scheduled_tokens": 0}
-        self._pending = array("d")
-        self._steps = array("d")
-        self._checks = array("d")
-        self._policy = array("d")
+        # pending values per file, by suffix: durations, step records, KV checks, core decisions
+        self._series: dict[str, array[float]] = {suffix: array("d") for suffix in ("", ".steps", ".check", ".policy")}
+        self._pending, self._steps = self._series[""], self._series[".steps"]
         self._last_flush = time.monotonic()
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            open(path, "wb").close()  # fresh files per server
-            open(path + ".steps", "wb").close()
-            open(path + ".check", "wb").close()
-            open(path + ".policy", "wb").close()
+            for suffix in self._series:
+                open(path + suffix, "wb").close()  # fresh files per server
 
     @property
     def enabled(self) -> bool:
@@ -66,13 +63,13 @@ class StepStats:
     def check(self, duration_s: float) -> None:
         """Record the duration of one ledger-versus-engine KV check."""
         if self.path is not None:
-            self._checks.append(duration_s)
+            self._series[".check"].append(duration_s)
 
     def policy(self, duration_s: float) -> None:
         """Record the duration of the core's decision within one step (`PATH.policy`), where the
         engine's scheduling call does more than ask the core (SGLang)."""
         if self.path is not None:
-            self._policy.append(duration_s)
+            self._series[".policy"].append(duration_s)
 
     def flush(self, now: float | None = None, extra: dict[str, Any] | None = None) -> None:
         """Write pending durations and the counters (plus `extra`) now."""
@@ -80,18 +77,10 @@ class StepStats:
             return
         if extra:
             self.counters.update(extra)
-        with open(self.path, "ab") as f:
-            self._pending.tofile(f)
-        with open(self.path + ".steps", "ab") as f:
-            self._steps.tofile(f)
-        with open(self.path + ".check", "ab") as f:
-            self._checks.tofile(f)
-        with open(self.path + ".policy", "ab") as f:
-            self._policy.tofile(f)
-        del self._pending[:]
-        del self._steps[:]
-        del self._checks[:]
-        del self._policy[:]
+        for suffix, values in self._series.items():
+            with open(self.path + suffix, "ab") as f:
+                values.tofile(f)
+            del values[:]
         tmp = self.path + ".json.tmp"
         with open(tmp, "w") as f:
             json.dump(self.counters, f)

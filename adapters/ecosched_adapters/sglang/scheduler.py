@@ -58,6 +58,7 @@ from ecosched.core.request import FinishReason, Request, RequestStatus
 from ecosched.core.scheduler import Scheduler as CoreScheduler
 from ecosched.errors import ConfigError, EcoschedError, InvalidRequestError
 from ecosched.factory import build_scheduler
+from ecosched_adapters.request_fields import core_request
 from ecosched_adapters.settings import AdapterSettings, engine_config
 from ecosched_adapters.sglang.timed import batch_totals
 from ecosched_adapters.sglang.version import check_sglang_version
@@ -66,10 +67,7 @@ from ecosched_adapters.stats import StepStats
 logger = logging.getLogger("sglang.ecosched")
 
 # Per-request fields a client may pass in `custom_params` (SGLang hands them to the scheduler as
-# `sampling_params.custom_params`).
-PARAM_SLO_CLASS = "ecosched_slo_class"
-PARAM_TRUE_OUTPUT = "ecosched_true_output_tokens"  # oracle and noisy-oracle study predictors
-PARAM_MAX_TOKENS = "ecosched_max_tokens"  # the limit the client declares, when it differs from max_tokens
+# `sampling_params.custom_params`): see `ecosched_adapters.request_fields`.
 
 _BIG = 1 << 40  # an adder budget that never binds: the core's decision does
 _ACTIVE: EcoschedSGLangScheduler | None = None  # the process's scheduler, for the retraction-order hook
@@ -284,34 +282,17 @@ class EcoschedSGLangScheduler(Scheduler):
 
     def _core_request(self, req: Any) -> Request:
         sp = req.sampling_params
-        params = sp.custom_params if isinstance(sp.custom_params, dict) else {}
-        max_tokens = sp.max_new_tokens if sp.max_new_tokens is not None else 0
-        prompt_len = len(req.origin_input_ids)
-        declared = params.get(PARAM_MAX_TOKENS)
-        if declared is not None:
-            if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
-                raise InvalidRequestError(f"{PARAM_MAX_TOKENS} must be a positive integer, got {declared!r}")
-            # never below what SGLang will generate: the core must not end a request SGLang continues
-            max_tokens = max(max_tokens, min(declared, self.model_config.context_len - prompt_len))
-        true_output = params.get(PARAM_TRUE_OUTPUT)
-        if true_output is not None and (not isinstance(true_output, int) or isinstance(true_output, bool)):
-            raise InvalidRequestError(f"{PARAM_TRUE_OUTPUT} must be an integer, got {true_output!r}")
-        slo = params.get(PARAM_SLO_CLASS)
-        if slo is not None and slo not in self.core.slo_classes:
-            raise InvalidRequestError(f"unknown SLO class {slo!r}; known: {sorted(self.core.slo_classes)}")
         text = None
-        if self._reads_prompt:
-            text = None  # SGLang's scheduler gets token ids only: decode them
-            if self.tokenizer is not None:
-                text = self.tokenizer.decode(list(req.origin_input_ids))
-        return Request(
-            request_id=req.rid,
-            num_prompt_tokens=prompt_len,
-            max_output_tokens=max_tokens,
-            arrival_s=time.monotonic(),
-            slo_class=slo,
+        if self._reads_prompt and self.tokenizer is not None:  # SGLang's scheduler gets token ids only
+            text = self.tokenizer.decode(list(req.origin_input_ids))
+        return core_request(
+            req.rid,
+            len(req.origin_input_ids),
+            sp.max_new_tokens if sp.max_new_tokens is not None else 0,
+            sp.custom_params if isinstance(sp.custom_params, dict) else {},
+            max_model_len=self.model_config.context_len,
+            slo_classes=self.core.slo_classes,
             prompt=text,
-            true_output_tokens=true_output,
         )
 
     def _reject(self, req: Any, message: str) -> None:

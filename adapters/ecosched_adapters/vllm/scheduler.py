@@ -51,6 +51,7 @@ from ecosched.core.request import FinishReason, Request, RequestStatus
 from ecosched.core.scheduler import Scheduler
 from ecosched.errors import ConfigError, EcoschedError, InvalidRequestError
 from ecosched.factory import build_scheduler
+from ecosched_adapters.request_fields import core_request
 from ecosched_adapters.settings import AdapterSettings, engine_config
 from ecosched_adapters.stats import StepStats
 from ecosched_adapters.vllm.timed import record_step
@@ -60,11 +61,8 @@ from ecosched_adapters.vllm.version import check_vllm_version
 # logger's handlers and format; ours then prints beside vLLM's own lines.
 logger = logging.getLogger("vllm.ecosched")
 
-# Per-request fields a client may pass in `vllm_xargs` (vLLM hands them to the scheduler unchanged
-# as `sampling_params.extra_args`).
-XARG_SLO_CLASS = "ecosched_slo_class"  # SLO class name (default: the config's default class)
-XARG_TRUE_OUTPUT = "ecosched_true_output_tokens"  # for the oracle and noisy-oracle study predictors
-XARG_MAX_TOKENS = "ecosched_max_tokens"  # the limit the client declares, when it differs from max_tokens
+# Per-request fields a client may pass in `vllm_xargs` (vLLM hands them to the scheduler unchanged as
+# `sampling_params.extra_args`): `ecosched_adapters.request_fields` names and checks them.
 
 
 class AdapterStateError(EcoschedError):
@@ -166,27 +164,13 @@ class EcoschedScheduler(AsyncScheduler):
             raise InvalidRequestError(
                 f"request {request.request_id!r}: structured output is not supported by the ecosched scheduler"
             )
-        extra = params.extra_args or {}
-        max_tokens = request.max_tokens
-        declared = extra.get(XARG_MAX_TOKENS)
-        if declared is not None:
-            if not isinstance(declared, int) or isinstance(declared, bool) or declared < 1:
-                raise InvalidRequestError(f"{XARG_MAX_TOKENS} must be a positive integer, got {declared!r}")
-            # never below what vLLM will generate: the core must not end a request vLLM continues
-            max_tokens = max(max_tokens, min(declared, self.max_model_len - request.num_prompt_tokens))
-        true_output = extra.get(XARG_TRUE_OUTPUT)
-        if true_output is not None and (not isinstance(true_output, int) or isinstance(true_output, bool)):
-            raise InvalidRequestError(f"{XARG_TRUE_OUTPUT} must be an integer, got {true_output!r}")
-        slo = extra.get(XARG_SLO_CLASS)
-        if slo is not None and slo not in self.core.slo_classes:
-            raise InvalidRequestError(f"unknown SLO class {slo!r}; known: {sorted(self.core.slo_classes)}")
-        return Request(
-            request_id=request.request_id,
-            num_prompt_tokens=request.num_prompt_tokens,
-            max_output_tokens=max_tokens,
-            arrival_s=time.monotonic(),
-            slo_class=slo,
-            true_output_tokens=true_output,
+        return core_request(
+            request.request_id,
+            request.num_prompt_tokens,
+            request.max_tokens,
+            params.extra_args or {},
+            max_model_len=self.max_model_len,
+            slo_classes=self.core.slo_classes,
         )
 
     def _predict(self, req: Request, request: VllmRequest) -> Prediction:
