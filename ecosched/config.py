@@ -51,6 +51,11 @@ class SchedulerConfig(_Strict):
         ge=0,
         description="Most requests with a partly computed prompt at once (0: no limit; SGLang runs one).",
     )
+    chunk_recomputes: bool = Field(
+        True,
+        description="Whether a recomputed request (prompt and output so far) may be split across steps "
+        "when chunked prefill is off (an engine that cannot resume part-way through one says no).",
+    )
     preempt_partial_prefills: bool = Field(
         True,
         description="Whether a request part-way through its prompt may be preempted (SGLang cannot retract one).",
@@ -216,6 +221,28 @@ class SGLangConfig(_Strict):
     retract_decode_steps: int = Field(20, ge=0, description="Steps assumed left after a retraction.")
 
 
+class TGIConfig(_Strict):
+    """TGI's own router (v3 backend), reproduced as the baseline for the TGI backend."""
+
+    segment_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Output tokens reserved per segment; a longer generation is re-queued at the back "
+        "after each segment (TGI's DEFAULT_GENERATION_LENGTH).",
+    )
+    waiting_served_ratio: float = Field(
+        1.2,
+        ge=0,
+        description="Without chunked prefill: a new prefill interrupts decoding only when at least this "
+        "many times the running count would join (TGI's router default; its launcher passes 0.3).",
+    )
+    max_waiting_tokens: int = Field(
+        20,
+        ge=0,
+        description="Without chunked prefill: decode steps after which a prefill of any size may join.",
+    )
+
+
 class SJFConfig(_Strict):
     """Shortest predicted job first with aging."""
 
@@ -229,6 +256,7 @@ class PoliciesConfig(_Strict):
     sarathi: SarathiConfig = Field(default_factory=SarathiConfig)
     sglang: SGLangConfig = Field(default_factory=SGLangConfig)
     sjf: SJFConfig = Field(default_factory=SJFConfig)
+    tgi: TGIConfig = Field(default_factory=TGIConfig)
 
 
 class EcoschedConfig(_Strict):

@@ -17,7 +17,7 @@ from ecosched.factory import PREDICTORS
 from ecosched.policies import POLICIES
 from ecosched.registry import Registry
 
-BUILTIN_POLICIES = {"vllm", "vllm-priority", "sarathi", "sglang", "sjf", "ecoserve", "oracle"}
+BUILTIN_POLICIES = {"vllm", "vllm-priority", "sarathi", "sglang", "sjf", "ecoserve", "oracle", "tgi-fifo"}
 
 
 class FakeEntryPoint:

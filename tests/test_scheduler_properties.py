@@ -336,6 +336,8 @@ def test_drive_thousands_of_requests_keeps_invariants(policy: str) -> None:
         policy,
         cache={"block_size": BLOCK_SIZE, "num_gpu_blocks": 400, "num_cpu_blocks": 64, "max_model_len": 1024},
         predictor={"noise_sigma": 1.5, "seed": 7},
+        # TGI's segments, short enough that long outputs re-queue
+        policies={"tgi": {"segment_tokens": 100}},
     )
     num_steps = 0
 
@@ -369,5 +371,8 @@ def test_drive_thousands_of_requests_keeps_invariants(policy: str) -> None:
     stats = scheduler.stats
     if policy in ("ecoserve", "oracle"):
         assert stats.num_pipelined > 0 and stats.num_topups > 0, stats
+    elif policy == "tgi-fifo":  # it never preempts to make room; used-up segments re-queue
+        assert stats.num_recomputes > 0 and stats.num_topups == 0, stats
+        assert sum(rec.num_recomputes for rec in result.records) == stats.num_recomputes
     else:
         assert stats.num_swaps + stats.num_recomputes > 0, stats

@@ -67,6 +67,13 @@ class Reservation(Protocol):
         """Extra capacity to add when the request runs low."""
         ...
 
+    @property
+    def grows(self) -> bool:
+        """Whether a request's capacity may grow while it runs. When not (TGI's fixed segments), a
+        request that outgrows its capacity is preempted itself (recompute, back of the queue) and
+        never preempts others."""
+        ...
+
 
 class Admission(Protocol):
     """Who may join the running batch."""

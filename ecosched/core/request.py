@@ -92,6 +92,7 @@ class RequestState:
         "num_prompt_tokens",
         "max_output_tokens",
         "admit_seq",
+        "queue_seq",
         "group",
         "bucket",
         "first_scheduled_s",
@@ -130,6 +131,7 @@ class RequestState:
         self.bucket = bucket
         self.order_key: tuple[float, ...] = ()
         self.admit_seq = -1
+        self.queue_seq = -1  # order of entry into the PT queue (renewed when preempted back into it)
         # time-synced GT group: (step admitted in, predicted-RL bucket); requests admitted together
         # from one bucket are expected to finish, and free their KV, together
         self.group: tuple[int, int] = (-1, bucket)

@@ -117,6 +117,7 @@ class Scheduler:
         # (TTFT deadline, seq, request) of queued requests, for policies that demote late requests
         self._deadlines: list[tuple[float, int, RequestState]] = []
         self._deadline_seq = 0
+        self._queue_seq = 0
         # (arrival, seq, request) of requests that entered the PT queue, for the starvation guard;
         # entries of requests that left it are dropped lazily
         self._arrivals: list[tuple[float, int, RequestState]] = []
@@ -209,6 +210,7 @@ class Scheduler:
         self.padder.rate.observe(r.arrival_s)
         padded = self.padder.pad(p, r.max_output_tokens) if self.policy.pads_predictions else predicted
         state = RequestState(r, slo, predicted, padded, self._bucket(padded))
+        state.queue_seq = self._next_queue_seq()
         self.requests[r.request_id] = state
         self.waiting.push(state, self.policy.order.waiting_key(state))
         self._note_waiting(state)
@@ -216,6 +218,10 @@ class Scheduler:
             self._deadline_seq += 1
             heapq.heappush(self._deadlines, (r.arrival_s + slo.ttft_s, self._deadline_seq, state))
         return state
+
+    def _next_queue_seq(self) -> int:
+        self._queue_seq += 1
+        return self._queue_seq
 
     def _demote_late(self, now_s: float) -> None:
         """Requests past their TTFT deadline without a first token become `late`; waiting ones are
@@ -423,6 +429,8 @@ class Scheduler:
             state.status = RequestStatus.WAITING
             state.num_recomputes += counted
             state.num_computed_tokens = 0
+            if counted:
+                state.queue_seq = self._next_queue_seq()
             self.waiting.push(state, self.policy.order.waiting_key(state))
             self._note_waiting(state)
 

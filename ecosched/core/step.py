@@ -169,7 +169,10 @@ class StepRunner:
             and cap_tokens - new_computed < res.lookahead_tokens
             and (st.predicted_remaining_tokens == 0 or st.num_tokens + st.predicted_remaining_tokens > cap_tokens)
         )
-        if need > cap or low:
+        if need > cap and not res.grows:
+            self._preempt(st, b)  # its segment is used up: it queues again at the back
+            return False
+        if (need > cap or low) and res.grows:
             want = max(need - cap, self.s.blocks_for(res.topup_tokens(st)))
             if isinstance(ledger.allocate(rid, want, use_reserve=res.topup_from_reserve), Allocated):
                 self._topped_up(rid, want, b)
@@ -301,7 +304,7 @@ class StepRunner:
         recompute (prompt and output together may exceed any step's budget), and while fewer than
         `max_partial_prefills` other requests are part-way through their prompt."""
         cfg = self.s.config.scheduler
-        if not (cfg.chunked_prefill or st.num_output_tokens > 0):
+        if not (cfg.chunked_prefill or (cfg.chunk_recomputes and st.num_output_tokens > 0)):
             return False
         limit = cfg.max_partial_prefills
         if not limit:

@@ -105,6 +105,10 @@ class PredictedReservation:
             return 1
         return max(1, int(self.c.topup_fraction * state.padded_output_tokens))
 
+    @property
+    def grows(self) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class SLOBudget:

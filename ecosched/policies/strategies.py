@@ -33,6 +33,11 @@ def by_arrival(state: RequestState) -> tuple[float, ...]:
     return (state.request.arrival_s,)
 
 
+def by_queue_entry(state: RequestState) -> tuple[float, ...]:
+    """First queued, first served, where a request preempted (or re-queued) joins at the back."""
+    return (state.queue_seq,)
+
+
 def by_rank_then_arrival(state: RequestState) -> tuple[float, ...]:
     """SLO class rank (0 first), then arrival."""
     return (state.slo.rank, state.request.arrival_s)
@@ -55,6 +60,10 @@ class IncrementalReservation:
 
     def topup_tokens(self, state: RequestState) -> int:
         return 1
+
+    @property
+    def grows(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
