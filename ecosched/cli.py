@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--schema", action="store_true", help="print every field with its help text instead")
     cfg.set_defaults(func=_config)
     _add_predictor(sub)
+    _add_standin(sub)
     return p
 
 
@@ -73,6 +74,20 @@ def _add_predictor(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         p.set_defaults(func=lambda a: _fail(hint))
         return
     add_parser(sub)
+
+
+def _add_standin(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`standin tgi-shard ...`: a protocol-checking stand-in engine; it parses its own arguments."""
+    p = sub.add_parser("standin", help="run a protocol-checking stand-in for an engine (tgi-shard)")
+    p.add_argument("engine", choices=["tgi-shard"], help="tgi-shard: TGI's shards over gRPC generate.v3")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments (ecosched standin tgi-shard --help)")
+    p.set_defaults(func=_standin)
+
+
+def _standin(args: argparse.Namespace) -> int:
+    from ecosched_adapters.tgi.standin.shard import main as tgi_shard_main
+
+    return tgi_shard_main(list(args.args))
 
 
 def _fail(message: str) -> int:

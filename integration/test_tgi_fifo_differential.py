@@ -13,8 +13,8 @@ import asyncio
 import random
 
 import pytest
-
 from ecosched_adapters.tgi.types import GenerateRequest
+
 from integration.tgi_harness import marked_prompt, routed
 from integration.tgi_reference import TGIReference
 

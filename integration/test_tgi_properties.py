@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+from ecosched_adapters.tgi.types import End, GenerateRequest, Token
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecosched_adapters.tgi.types import End, GenerateRequest, Token
 from integration.tgi_harness import marked_prompt, routed
 
 request_specs = st.lists(

@@ -1,4 +1,4 @@
-"""`ecosched serve --backend vllm|sglang`: start an engine's OpenAI-compatible server with ecosched in charge.
+"""`ecosched serve --backend vllm|sglang|tgi`: start an engine's server with ecosched in charge.
 
 The command builds the server's command line and environment, then replaces itself with the server
 process (so signals and exit codes are the server's own).
@@ -26,6 +26,19 @@ SGLang (`python -m sglang.launch_server`):
 - without a GPU: SGLang's CPU recipe (torch-native attention and sampling, no CUDA graphs, no grammar
   backend, `SGLANG_USE_CPU_ENGINE=0`) and a KV cap (`--max-total-tokens`, default 65536 tokens;
   uncapped, SGLang takes most of the host's memory).
+
+TGI (ecosched's `text-generation-router`, `ecosched_adapters/tgi/launcher_cli.py`, run as
+`python -m ecosched_adapters.tgi.launcher_cli` so that PATH does not matter):
+- the shards are started separately (TGI's `text-generation-server serve ... --uds-path BASE`, or
+  `ecosched standin tgi-shard --uds-path BASE`); `--shard-uds-path BASE` is the launcher's flag, and
+  the router connects to rank 0 at `BASE-0`;
+- ecosched's settings travel as the router's `--ecosched-*` flags; `--model` (optional) is its
+  `--tokenizer-name`; /metrics is served on `--port` only (`--prometheus-port` = `--port`);
+- there is no stock router to fall back to: `--no-ecosched` (or `--policy tgi`) runs the `tgi-fifo`
+  policy, ecosched's reproduction of TGI's batching, so the comparison is one flag apart;
+- the command runs in place of `ecosched serve`, like the others; TGI's launcher can run the same
+  program unchanged (see the router's `--help`).
+Arguments after `--` go to the router unchanged (for example `--max-batch-prefill-tokens 2048`).
 """
 
 from __future__ import annotations
@@ -43,8 +56,11 @@ from ecosched.errors import ConfigError
 
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SGLANG_SERVER_MODULE = "sglang.launch_server"
+TGI_ROUTER_MODULE = "ecosched_adapters.tgi.launcher_cli"
+TGI_DEFAULT_SHARD_UDS_PATH = "/tmp/text-generation-server"  # TGI's launcher default
+TGI_STOCK_POLICY = "tgi-fifo"  # TGI's router is replaced, so its stock behaviour is this core policy
 # per backend, the --policy names that mean "the engine's own scheduler", not the core's baseline
-STOCK_POLICIES = {"vllm": ("vllm",), "sglang": ("sglang",)}
+STOCK_POLICIES = {"vllm": ("vllm",), "sglang": ("sglang",), "tgi": ("tgi",)}
 BACKENDS = tuple(STOCK_POLICIES)
 # SGLang on a machine without a GPU (../shared/ENGINES.md)
 SGLANG_CPU_OPTIONS = {
@@ -63,8 +79,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         description=(
             "Start an OpenAI-compatible server whose scheduling is done by the ecosched core. "
             "Backends: vllm (the core runs inside vLLM's engine as its scheduler class), sglang (inside "
-            "SGLang's scheduler process, through SGLang's plugin entry points). "
-            "Arguments after `--` are passed to the engine unchanged."
+            "SGLang's scheduler process, through SGLang's plugin entry points), tgi (ecosched's "
+            "text-generation-router drives TGI's shards, started separately, over TGI's gRPC protocol). "
+            "Arguments after `--` are passed to the engine (tgi: the router) unchanged."
         ),
         epilog=(
             "examples:\n"
@@ -72,19 +89,24 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
             "  ecosched serve --backend vllm --model ./tiny-llama --policy sarathi --set slo.default_class=batch\n"
             "  ecosched serve --backend vllm --model ./tiny-llama --no-ecosched -- --max-model-len 512\n"
             "  ecosched serve --backend sglang --model ./tiny-llama --max-total-tokens 4096\n"
+            "  ecosched serve --backend tgi --shard-uds-path /tmp/tgi-shard --model ./tiny-llama --no-ecosched\n"
             "per-request fields (completions `vllm_xargs` on vLLM, `custom_params` on SGLang): ecosched_slo_class, "
             "ecosched_max_tokens (the limit the client declares), ecosched_true_output_tokens (oracle predictors only)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backend", choices=BACKENDS, default="vllm", help="engine to run (default: vllm)")
-    p.add_argument("--model", required=True, help="local model directory (Hugging Face layout)")
+    p.add_argument(
+        "--model",
+        help="local model directory (Hugging Face layout); required for vllm and sglang; tgi: the tokenizer "
+        "(a directory with tokenizer.json, or the file; default: the router's built-in byte tokenizer)",
+    )
     p.add_argument("--policy", help="ecosched policy (see `ecosched policies`; default: the config's, ecoserve)")
     p.add_argument(
         "--no-ecosched",
         action="store_true",
         help="run the engine's own scheduler (stock vLLM or SGLang), for comparison; same as --policy vllm "
-        "(vLLM) or --policy sglang (SGLang)",
+        "(vLLM) or --policy sglang (SGLang); tgi: the tgi-fifo policy (TGI's batching), same as --policy tgi",
     )
     p.add_argument("--config", help="ecosched YAML config (default: built-in defaults)")
     p.add_argument(
@@ -96,6 +118,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "else the config's)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument(
+        "--shard-uds-path",
+        default=TGI_DEFAULT_SHARD_UDS_PATH,
+        metavar="BASE",
+        help="tgi: the shards' socket base path, as given to them with --uds-path; the router connects to "
+        "BASE-0 (default: %(default)s)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
         "--kv-cache-gib",
@@ -129,7 +158,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    argv, env = sglang_command(args) if args.backend == "sglang" else vllm_command(args)
+    commands = {"vllm": vllm_command, "sglang": sglang_command, "tgi": tgi_command}
+    argv, env = commands[args.backend](args)
     if args.dry_run:
         shown = {k: v for k, v in env.items() if k.startswith(("ECOSCHED_", "VLLM_", "SGLANG_"))}
         print(json.dumps({"argv": argv, "env": shown}, indent=1))
@@ -225,16 +255,54 @@ def sglang_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     return argv + extra, env
 
 
+def tgi_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """ecosched's TGI router's argv and environment for `args` (nothing is started). The ecosched
+    settings are checked here (`load_config`) so that a mistake shows before anything starts."""
+    extra = _extra(args)
+    policy = TGI_STOCK_POLICY if _is_stock(args) else args.policy
+    overrides = _config_overrides(args, None)
+    load_config(args.config, overrides + ([f"policy={policy}"] if policy else []))
+    argv = [sys.executable, "-m", TGI_ROUTER_MODULE]
+    defaults = {
+        "--master-shard-uds-path": f"{args.shard_uds_path}-0",
+        "--tokenizer-name": args.model,
+        "--hostname": args.host,
+        "--port": str(args.port),
+        "--prometheus-port": str(args.port),
+    }
+    for flag, value in defaults.items():
+        if value is not None and not _has_flag(extra, flag):
+            argv += [flag, value]
+    if policy:
+        argv += ["--ecosched-policy", policy]
+    if args.config:
+        argv += ["--ecosched-config", str(Path(args.config).resolve())]
+    for override in overrides:
+        argv += ["--ecosched-set", override]
+    if args.stats:
+        argv += ["--ecosched-stats", str(Path(args.stats).resolve())]
+    if args.check_ledger:
+        argv.append("--ecosched-check-ledger")
+    return argv + extra, dict(os.environ)
+
+
 def _model_and_extra(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    if args.model is None:
+        raise ConfigError(f"--model is required for --backend {args.backend} (a local Hugging Face model directory)")
     model = Path(args.model)
     if not (model / "config.json").is_file():
         raise ConfigError(
             f"--model {args.model}: no config.json there (a local Hugging Face model directory is needed)"
         )
+    return model, _extra(args)
+
+
+def _extra(args: argparse.Namespace) -> list[str]:
+    """The arguments after `--`, for the engine."""
     extra = list(args.engine_args)
     if extra[:1] == ["--"]:
         extra = extra[1:]
-    return model, extra
+    return extra
 
 
 def _is_stock(args: argparse.Namespace) -> bool:
@@ -243,13 +311,19 @@ def _is_stock(args: argparse.Namespace) -> bool:
 
 def _config(args: argparse.Namespace) -> Any:
     """The resolved ecosched configuration for the engine's scheduler."""
+    return load_config(args.config, _config_overrides(args, args.policy))
+
+
+def _config_overrides(args: argparse.Namespace, policy: str | None) -> list[str]:
+    """`--set`, then `policy`, then the predictor: `--predictor`, or the default one (see
+    `_default_predictor`)."""
     overrides = list(args.set)
-    if args.policy:
-        overrides.append(f"policy={args.policy}")
+    if policy:
+        overrides.append(f"policy={policy}")
     predictor = args.predictor or _default_predictor(args.config, overrides)
     if predictor:
         overrides.append(f"predictor.kind={predictor}")
-    return load_config(args.config, overrides)
+    return overrides
 
 
 def _has_cuda() -> bool:

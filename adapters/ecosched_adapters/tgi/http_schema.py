@@ -52,7 +52,8 @@ class Grammar:
 
 @dataclass(frozen=True, slots=True)
 class Parameters:
-    """TGI's `GenerateParameters`, plus ecosched's `ecosched_slo_class`."""
+    """TGI's `GenerateParameters`, plus ecosched's `ecosched_slo_class` and, for simulations and
+    oracle predictors, `ecosched_true_output_tokens`."""
 
     best_of: int | None = None
     temperature: float | None = None
@@ -74,6 +75,7 @@ class Parameters:
     grammar: Grammar | None = None
     adapter_id: str | None = None
     slo_class: str | None = None
+    true_output_tokens: int | None = None
 
 
 # TGI's `default_parameters()`: what a request without `parameters` gets (note do_sample=true).
@@ -324,6 +326,7 @@ def _parameters(value: Any, path: str) -> Parameters:
         grammar=obj.option("grammar", _grammar),
         adapter_id=obj.option("adapter_id", _str),
         slo_class=obj.option("ecosched_slo_class", _str),
+        true_output_tokens=obj.option("ecosched_true_output_tokens", _u32),
     )
 
 

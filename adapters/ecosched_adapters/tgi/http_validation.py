@@ -141,6 +141,7 @@ class Validator:
             top_n_tokens=checked.top_n_tokens,
             add_special_tokens=req.add_special_tokens,
             slo_class=p.slo_class,
+            true_output_tokens=p.true_output_tokens,
             arrival_s=now_s,
         )
         return ValidRequest(request, input_length)

@@ -254,13 +254,20 @@ def router_options(args: argparse.Namespace, env: Mapping[str, str]) -> RouterOp
         validation_workers=args.validation_workers,
         payload_limit=args.payload_limit,
         disable_grammar_support=args.disable_grammar_support,
-        policy=args.ecosched_policy or env.get(POLICY_ENV) or None,
+        policy=args.ecosched_policy or _env_policy(args, env),
         config_path=args.ecosched_config or env.get(CONFIG_ENV) or None,
         config_overrides=tuple(args.ecosched_set),
         stats_path=args.ecosched_stats or env.get(STATS_ENV) or None,
         check_ledger=args.ecosched_check_ledger or env.get(CHECK_LEDGER_ENV, "") not in ("", "0"),
         **extra,
     )
+
+
+def _env_policy(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """ECOSCHED_POLICY, unless a flag (`--ecosched-set policy=...`) already names the policy."""
+    if any(o.split("=", 1)[0].strip() == "policy" for o in args.ecosched_set):
+        return None
+    return env.get(POLICY_ENV) or None
 
 
 def _max_input_tokens(args: argparse.Namespace) -> int | None:
@@ -329,8 +336,8 @@ def ignored_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         if value in (None, False) or (isinstance(value, str) and (dest, value) in NO_OP_VALUES):
             continue
         (differs if changes else harmless).append(f"{flag} ({why})")
-    if args.revision and args.tokenizer_name and Path(args.tokenizer_name).exists():
-        differs.append("--revision (the tokenizer is a local path)")
+    if args.revision and (not args.tokenizer_name or Path(args.tokenizer_name).exists()):
+        differs.append("--revision (no hub id to look up: the tokenizer is a local path or the built-in one)")
     return differs, harmless
 
 

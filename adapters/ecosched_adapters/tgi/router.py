@@ -41,7 +41,7 @@ from ecosched.core.request import FinishReason as CoreFinish
 from ecosched.core.request import RequestStatus
 from ecosched.core.scheduler import Scheduler
 from ecosched.errors import EcoschedError, InvalidRequestError, LedgerInvariantError
-from ecosched_adapters.request_fields import FIELD_SLO_CLASS, core_request
+from ecosched_adapters.request_fields import FIELD_SLO_CLASS, FIELD_TRUE_OUTPUT, core_request
 from ecosched_adapters.stats import StepStats
 from ecosched_adapters.tgi import tokenizer as tok
 from ecosched_adapters.tgi.blocks import HEALTH_BLOCK, BlockTable
@@ -240,7 +240,11 @@ class Router:
         rid = f"t{self._next_shard_id}"
         max_new = min(request.max_new_tokens, self.limits.max_total_tokens - len(request.input_ids))
         entry = _Entry(rid, self._next_shard_id, request, max_new, asyncio.Queue())
-        fields = {} if request.slo_class is None else {FIELD_SLO_CLASS: request.slo_class}
+        fields: dict[str, Any] = {}
+        if request.slo_class is not None:
+            fields[FIELD_SLO_CLASS] = request.slo_class
+        if request.true_output_tokens is not None:
+            fields[FIELD_TRUE_OUTPUT] = request.true_output_tokens
         try:
             creq = core_request(
                 rid, len(request.input_ids), max_new, fields,

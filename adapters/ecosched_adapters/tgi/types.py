@@ -51,6 +51,7 @@ class GenerateRequest:
     top_n_tokens: int = 0
     add_special_tokens: bool = True
     slo_class: str | None = None  # ecosched: the request's SLO class (None: the default class)
+    true_output_tokens: int | None = None  # ecosched: the real length, for oracle predictors in studies
     arrival_s: float = 0.0  # time.monotonic() at arrival
 
 
