@@ -594,3 +594,18 @@ def test_compute_time_header_is_written_as_rust_writes_floats() -> None:
     assert [rust_float(x) for x in (1.0, 0.5, 1e-05, 0.25e-3)] == ["1", "0.5", "0.00001", "0.00025"]
     _, _, headers = generate({"max_new_tokens": 1})
     assert float(headers["x-compute-time"]) >= 0 and "e" not in headers["x-compute-time"]
+
+
+def test_api_key_guards_the_post_routes_only() -> None:
+    backend = FakeBackend()
+
+    async def scenario(client: TestClient) -> None:
+        body = {"inputs": "hello", "parameters": {"max_new_tokens": 2}}
+        assert (await client.post("/generate", json=body)).status == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.post("/generate", json=body, headers=wrong)).status == 401
+        right = {"Authorization": "bearer s3cret"}  # the scheme is case-insensitive, as in TGI
+        assert (await client.post("/generate", json=body, headers=right)).status == 200
+        assert (await client.get("/health")).status == 200 and (await client.get("/info")).status == 200
+
+    run(backend, scenario, api_key="s3cret")

@@ -112,11 +112,12 @@ def test_the_launchers_full_argument_list_maps_to_router_options(model_dir: Path
         max_input_tokens=1000, max_total_tokens=2000, waiting_served_ratio=0.3, max_batch_prefill_tokens=4096,
         max_batch_total_tokens=64000, max_waiting_tokens=20, max_batch_size=32, max_client_batch_size=4,
         validation_workers=2, payload_limit=2_000_000, disable_grammar_support=True,
+        tokenizer_config_path="/x/tokenizer_config.json",
     )  # fmt: skip
     differs, harmless = launcher_cli.ignored_arguments(launcher_cli.parse_args(launcher_argv(str(model_dir), **FULL)))
     named = [item.split(" ", 1)[0] for item in differs + harmless]
     assert sorted(named) == sorted([
-        "--tokenizer-config-path", "--otlp-endpoint", "--cors-allow-origin", "--ngrok", "--ngrok-authtoken",
+        "--otlp-endpoint", "--cors-allow-origin", "--ngrok", "--ngrok-authtoken",
         "--ngrok-edge", "--revision", "--trust-remote-code", "--usage-stats",
     ])  # fmt: skip
 
@@ -147,7 +148,6 @@ def test_equals_form_and_the_legacy_max_input_length() -> None:
         (["--max-batch-size", "-1"], "argument --max-batch-size: must be a whole number >= 0, got '-1'"),
         (["--usage-stats", "maybe"], "argument --usage-stats: invalid choice: 'maybe'"),
         (["--port", "70000"], "must be a port number"),
-        (["--api-key", "secret"], "--api-key is not implemented"),
         (["--max-batch-size", "0"], "`max_batch_size` must be > 0"),
         (["--ecosched-policy", "nope"], "unknown policy 'nope'; known: "),
         (["--ecosched-set", "nope.field=1"], "error: "),
@@ -212,7 +212,7 @@ def test_help_explains_the_drop_in_use(capsys: pytest.CaptureFixture[str]) -> No
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for text in ("text-generation-router", "first on PATH", "text-generation-launcher", "ECOSCHED_POLICY=",
-                 "ECOSCHED_CONFIG=", "tgi-fifo", "--api-key refuses to start", "never", "downloaded"):
+                 "ECOSCHED_CONFIG=", "tgi-fifo", "Authorization: Bearer", "never", "downloaded"):
         assert text in out, text
     for flag in (*LAUNCHER_VALUE_FLAGS, *LAUNCHER_SWITCHES, "--max-input-length", "--ecosched-set"):
         assert flag in out, flag
@@ -308,3 +308,27 @@ def test_the_program_serves_a_standin_shard_and_stops_on_sigterm(standin_shard: 
     lines = [json.loads(line) for line in stdout.decode().splitlines()]  # logs on stdout, as JSON
     assert any("--usage-stats" in line["message"] for line in lines)
     assert stderr == b""
+
+
+def test_api_key_reaches_the_router_options(model_dir: Path) -> None:
+    assert options(launcher_argv(str(model_dir), api_key="s3cret")).api_key == "s3cret"
+    assert options(launcher_argv(str(model_dir))).api_key is None
+
+
+def test_the_chat_template_comes_from_tokenizer_config(tmp_path: Path) -> None:
+    from ecosched_adapters.tgi.app import chat_template
+
+    assert chat_template(None, None) == {} and chat_template(str(tmp_path), None) == {}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}",
+        "bos_token": {"content": "<s>"}, "eos_token": "</s>",
+    }))  # fmt: skip
+    assert chat_template(str(tmp_path), None) == {
+        "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}", "bos_token": "<s>", "eos_token": "</s>",
+    }  # fmt: skip
+    named = tmp_path / "named.json"
+    templates = [{"name": "default", "template": "X"}, {"name": "t", "template": "Y"}]
+    named.write_text(json.dumps({"chat_template": templates}))
+    assert chat_template(None, str(named)) == {"chat_template": "X"}
+    with pytest.raises(FileNotFoundError):
+        chat_template(None, str(tmp_path / "missing.json"))

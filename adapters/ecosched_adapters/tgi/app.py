@@ -7,9 +7,11 @@ config); `serve` runs until cancelled; `start` returns the running pieces for te
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +36,7 @@ class RouterOptions:
 
     master_shard_uds_path: str = DEFAULT_MASTER_UDS
     tokenizer_name: str | None = None  # a tokenizer.json or a directory with one; None: built-in
+    tokenizer_config_path: str | None = None  # chat template; None: tokenizer_config.json beside the tokenizer
     model_id: str = "ecosched-tgi"
     hostname: str = "127.0.0.1"
     port: int = 3000
@@ -53,6 +56,7 @@ class RouterOptions:
     validation_workers: int = 2
     payload_limit: int = 2_000_000
     disable_grammar_support: bool = False
+    api_key: str | None = None
     # ecosched
     policy: str | None = None  # None: the config's policy
     config_path: str | None = None
@@ -116,6 +120,7 @@ async def start(opts: RouterOptions, *, record_forwards: bool = False) -> Runnin
         validation_workers=opts.validation_workers,
         payload_limit=opts.payload_limit,
         disable_grammar_support=opts.disable_grammar_support,
+        api_key=opts.api_key,
         info_extra={
             "ecosched_policy": router.core.policy.name,
             "ecosched_block_size": limits.block_size,
@@ -123,6 +128,11 @@ async def start(opts: RouterOptions, *, record_forwards: bool = False) -> Runnin
             "ecosched_world_size": limits.world_size,
         },
     )
+    chat = chat_template(opts.tokenizer_name, opts.tokenizer_config_path)
+    if chat:
+        settings = replace(
+            settings, chat_template=chat["chat_template"], bos_token=chat.get("bos_token"), eos_token=chat.get("eos_token")
+        )
     metrics = RouterMetrics(limits.max_input_tokens, limits.max_total_tokens)
     metrics.batch_max_total_tokens(limits.num_blocks * limits.block_size)
     router.metrics = metrics
@@ -149,6 +159,33 @@ async def start(opts: RouterOptions, *, record_forwards: bool = False) -> Runnin
         opts.hostname, port, router.core.policy.name, limits.world_size, limits.num_blocks, limits.block_size,
     )
     return RunningRouter(router, runner, metrics_runner, port)
+
+
+def chat_template(tokenizer_name: str | None, config_path: str | None) -> dict[str, str]:
+    """The model's chat template and its bos/eos tokens from tokenizer_config.json (the given file,
+    or the one beside the tokenizer), as TGI's router reads them; empty when there is none."""
+    path = Path(config_path) if config_path else None
+    if path is None and tokenizer_name:
+        base = Path(tokenizer_name)
+        path = (base if base.is_dir() else base.parent) / "tokenizer_config.json"
+    if path is None or not path.is_file():
+        if config_path:
+            raise FileNotFoundError(f"no tokenizer config at {config_path!r}")
+        return {}
+    data = json.loads(path.read_text())
+    template = data.get("chat_template")
+    if isinstance(template, list):  # named templates: TGI uses "default"
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if not isinstance(template, str):
+        return {}
+    out = {"chat_template": template}
+    for key in ("bos_token", "eos_token"):
+        value = data.get(key)
+        if isinstance(value, dict):  # an AddedToken object
+            value = value.get("content")
+        if isinstance(value, str):
+            out[key] = value
+    return out
 
 
 def _bound_port(runner: web.AppRunner, asked: int) -> int:

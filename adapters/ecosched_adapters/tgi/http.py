@@ -23,6 +23,7 @@ a closed connection), which closes the router's event stream.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -61,9 +62,10 @@ def make_app(
     metrics = metrics or RouterMetrics(settings.max_input_tokens, settings.max_total_tokens)
     validator = Validator(settings, tokenizer, metrics, rng)
     infer = Infer(backend, validator, settings, metrics)
+    middlewares = [_errors] if settings.api_key is None else [_bearer(settings.api_key), _errors]
     app = web.Application(
         client_max_size=settings.payload_limit,
-        middlewares=[_errors],
+        middlewares=middlewares,
         handler_args={"handler_cancellation": True},
     )
     app[INFER_KEY] = infer
@@ -92,6 +94,22 @@ def make_app(
 
     app.on_cleanup.append(close_validator)
     return app
+
+
+def _bearer(api_key: str) -> Any:
+    """TGI's --api-key: every POST must carry `Authorization: Bearer <key>`; GETs (health, info,
+    metrics) stay open, as in TGI's router."""
+    expected = api_key.encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "POST":
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                return web.Response(status=401)
+        return await handler(request)
+
+    return check
 
 
 @web.middleware

@@ -63,6 +63,11 @@ class HttpSettings:
     sse_keep_alive_s: float = _help(
         "Seconds of silence after which a stream sends a `:` comment (axum's default).", 15.0
     )
+    api_key: str | None = _help(
+        "When set, POST routes need `Authorization: Bearer <key>` (case-insensitive scheme) and answer 401 "
+        "otherwise; GET routes stay open (TGI --api-key).",
+        None,
+    )
     info_extra: Mapping[str, Any] = field(
         default_factory=dict, metadata={"help": "ecosched fields merged into the /info object."}
     )

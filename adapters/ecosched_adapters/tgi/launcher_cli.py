@@ -13,8 +13,6 @@ Deviations from TGI's router, each on purpose:
   must be looked at before anything drops it.
 - Arguments accepted but not implemented (OpenTelemetry, ngrok, CORS, usage statistics, the
   tokenizer config, ...) are logged once, by name, at start (`IGNORED`).
-- `--api-key` refuses to start (exit 2): serving without the authentication that was asked for is
-  worse than not serving. ecosched's HTTP layer has no `Authorization: Bearer` check yet.
 - `--tokenizer-name` is never downloaded. It must be a tokenizer.json, a directory holding one, or a
   hub id already in the local Hugging Face cache (the shard puts it there when it loads the model).
   Unset, the built-in byte tokenizer is used (TGI's default would be `bigscience/bloom`).
@@ -58,7 +56,6 @@ NO_OP_VALUES = {("otlp_service_name", TGI_OTLP_SERVICE_NAME), ("usage_stats", "o
 # dest -> (flag, why it changes nothing here, whether TGI would behave differently with it)
 IGNORED: dict[str, tuple[str, str, bool]] = {
     "trust_remote_code": ("--trust-remote-code", "no remote code runs: the tokenizer is a tokenizer.json", False),
-    "tokenizer_config_path": ("--tokenizer-config-path", "the chat template comes from ecosched's default", True),
     "otlp_endpoint": ("--otlp-endpoint", "no OpenTelemetry export", True),
     "otlp_service_name": ("--otlp-service-name", "no OpenTelemetry export", False),
     "cors_allow_origin": ("--cors-allow-origin", "no CORS headers are sent: browsers allow same-origin only", True),
@@ -95,7 +92,7 @@ direct use (no launcher), with shards started by hand:
       --tokenizer-name /data/my-model --port 3000 --ecosched-policy ecoserve
 
 not as in TGI:
-  unknown arguments are errors; --api-key refuses to start (not implemented); the tokenizer is never
+  unknown arguments are errors; the tokenizer is never
   downloaded (a tokenizer.json, a directory with one, or a hub id in the local Hugging Face cache);
   --hostname defaults to 127.0.0.1; TGI's per-flag environment variables are not read; arguments
   marked "ignored" are accepted and named in the log at start. LOG_LEVEL (error, warn, info, debug)
@@ -173,13 +170,14 @@ def _add_tgi_arguments(g: argparse._ArgumentGroup) -> None:
     n("--payload-limit", "largest request body in bytes", 2_000_000)
     a("--disable-grammar-support", action="store_true", help="refuse grammar / response_format")
     a("--json-output", action="store_true", help="log one JSON object per line (TGI's fields)")
-    a("--api-key", help="NOT IMPLEMENTED: the router refuses to start rather than serve without it")
+    a("--api-key", help="POST routes need `Authorization: Bearer KEY` (401 otherwise); GET routes stay open")
 
 
 def _add_ignored_arguments(g: argparse._ArgumentGroup) -> None:
     a = g.add_argument
     a("--trust-remote-code", action="store_true", help=IGNORED["trust_remote_code"][1])
-    a("--tokenizer-config-path", metavar="PATH", help=IGNORED["tokenizer_config_path"][1])
+    a("--tokenizer-config-path", metavar="PATH",
+      help="tokenizer_config.json with the chat template (default: the one beside the tokenizer, if any)")
     a("--otlp-endpoint", metavar="URL", help=IGNORED["otlp_endpoint"][1])
     a("--otlp-service-name", metavar="NAME", help=IGNORED["otlp_service_name"][1])
     a("--cors-allow-origin", action="append", metavar="ORIGIN", help=IGNORED["cors_allow_origin"][1])
@@ -220,12 +218,6 @@ def router_options(args: argparse.Namespace, env: Mapping[str, str]) -> RouterOp
     arguments that cannot be served as asked."""
     from ecosched_adapters.tgi.app import RouterOptions
 
-    if args.api_key is not None:
-        raise UsageError(
-            "--api-key is not implemented by ecosched's router, and serving without the authentication you "
-            "asked for would be worse than not serving: remove --api-key (API_KEY for the launcher) or put an "
-            "authenticating proxy in front"
-        )
     if args.validation_workers == 0:
         raise UsageError("`validation_workers` must be > 0")
     if args.max_batch_size == 0:
@@ -254,6 +246,8 @@ def router_options(args: argparse.Namespace, env: Mapping[str, str]) -> RouterOp
         validation_workers=args.validation_workers,
         payload_limit=args.payload_limit,
         disable_grammar_support=args.disable_grammar_support,
+        api_key=args.api_key,
+        tokenizer_config_path=args.tokenizer_config_path,
         policy=args.ecosched_policy or _env_policy(args, env),
         config_path=args.ecosched_config or env.get(CONFIG_ENV) or None,
         config_overrides=tuple(args.ecosched_set),
