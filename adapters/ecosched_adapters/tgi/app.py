@@ -131,7 +131,10 @@ async def start(opts: RouterOptions, *, record_forwards: bool = False) -> Runnin
     chat = chat_template(opts.tokenizer_name, opts.tokenizer_config_path)
     if chat:
         settings = replace(
-            settings, chat_template=chat["chat_template"], bos_token=chat.get("bos_token"), eos_token=chat.get("eos_token")
+            settings,
+            chat_template=chat["chat_template"],
+            bos_token=chat.get("bos_token"),
+            eos_token=chat.get("eos_token"),
         )
     metrics = RouterMetrics(limits.max_input_tokens, limits.max_total_tokens)
     metrics.batch_max_total_tokens(limits.num_blocks * limits.block_size)
