@@ -17,6 +17,10 @@ reports beyond those counted on chunks are added the same way at the end of the 
 from the last counted token to [DONE]). A request whose final count differs from `max_tokens` (or
 that got no final usage) is a mismatch: counted, kept in the metrics.
 
+The wire format is a codec: this module holds the OpenAI one (`completion_body`, `OpenAIStream`);
+`ecosched.serving.bench_tgi` holds TGI's (POST /generate_stream). Both feed the same `TokenStream`
+timing, so the two APIs are measured by one code path.
+
 TTFT is the first token minus the send time. In open loop the send time is the scheduled arrival; when
 the sender falls behind, the actual send time is used and the lag counted, so client overload is not
 billed to the server.
@@ -113,13 +117,16 @@ def bench_requests(
     max_output_tokens: int,
     declared: Literal["context", "exact"],
     default_class: str,
+    max_prompt_tokens: int | None = None,
 ) -> list[BenchRequest]:
     """The workload's requests with prompt and output lengths multiplied by `length_scale`, then clamped:
-    prompt in [1, max_model_len - 1], output in [1, min(max_output_tokens, max_model_len - prompt)].
-    The output is the trace's true length (what the served model really produced), not a cap."""
+    prompt in [1, min(max_model_len - 1, max_prompt_tokens)], output in
+    [1, min(max_output_tokens, max_model_len - prompt)]. The output is the trace's true length (what
+    the served model really produced), not a cap."""
+    prompt_cap = max_model_len - 1 if max_prompt_tokens is None else min(max_model_len - 1, max_prompt_tokens)
     out = []
     for r in workload.requests:
-        prompt = min(max(1, round(r.num_prompt_tokens * length_scale)), max_model_len - 1)
+        prompt = min(max(1, round(r.num_prompt_tokens * length_scale)), prompt_cap)
         true_output = r.true_output_tokens if r.true_output_tokens is not None else r.max_output_tokens
         room = min(max_output_tokens, max_model_len - prompt)
         output = min(max(1, round(true_output * length_scale)), room)
@@ -192,10 +199,12 @@ def completion_body(
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """What GET /v1/models says: the first model's name and, from vLLM, its context length."""
+    """What the server says it serves (OpenAI: GET /v1/models; TGI: GET /info): the model names and,
+    where known, each one's context length and longest prompt."""
 
     models: tuple[str, ...]
     max_model_len: dict[str, int]
+    max_prompt_tokens: dict[str, int] = field(default_factory=dict)
 
 
 async def probe(session: aiohttp.ClientSession, base_url: str) -> ServerInfo:
@@ -234,15 +243,35 @@ async def get_metrics_text(session: aiohttp.ClientSession, base_url: str) -> str
 # -------------------------------------------------------------------------------------------- stream
 
 
-class _Stream:
-    """Turns one response's SSE chunks into token times (see the module docstring)."""
+class TokenStream:
+    """Turns one response's SSE events into token times (see the module docstring); a codec's
+    subclass reads its API's events in `on_chunk` and calls `add_tokens`."""
 
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
 
     def on_chunk(self, chunk: dict[str, Any], now: float) -> None:
+        raise NotImplementedError
+
+    def add_tokens(self, k: int, now: float) -> None:
+        """`k` tokens arrived at `now`: they split the gap since the previous token evenly (the first
+        event's tokens all arrive at once)."""
+        times = self.outcome.token_times_s
+        if k <= 0:
+            return
+        if not times:
+            times.extend([now] * k)
+            return
+        last = times[-1]
+        times.extend(last + (now - last) * j / k for j in range(1, k + 1))
+
+
+class OpenAIStream(TokenStream):
+    """OpenAI completion chunks: running usage when the server sends it, else one token per chunk."""
+
+    def on_chunk(self, chunk: dict[str, Any], now: float) -> None:
         if "error" in chunk or chunk.get("object") == "error":  # vLLM's two shapes of a mid-stream error
-            raise _StreamError(f"error mid-stream: {json.dumps(chunk.get('error', chunk))[:200]}")
+            raise StreamError(f"error mid-stream: {json.dumps(chunk.get('error', chunk))[:200]}")
         choices = chunk.get("choices") or []
         usage = chunk.get("usage")
         count = usage.get("completion_tokens") if isinstance(usage, dict) else None
@@ -258,27 +287,22 @@ class _Stream:
             new = 1 if any(c.get("text") or c.get("token_ids") or not c.get("finish_reason") for c in choices) else 0
         self.add_tokens(new, now)
 
-    def add_tokens(self, k: int, now: float) -> None:
-        times = self.outcome.token_times_s
-        if k <= 0:
-            return
-        if not times:
-            times.extend([now] * k)
-            return
-        last = times[-1]
-        times.extend(last + (now - last) * j / k for j in range(1, k + 1))
 
-
-class _StreamError(Exception):
-    pass
+class StreamError(Exception):
+    """The server reported an error inside a stream."""
 
 
 async def stream_one(
-    session: aiohttp.ClientSession, url: str, body: dict[str, object], outcome: Outcome, clock: Callable[[], float]
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, object],
+    outcome: Outcome,
+    clock: Callable[[], float],
+    parser_type: type[TokenStream] = OpenAIStream,
 ) -> None:
-    """POST one streaming completion and record what came back in `outcome`; never raises for HTTP or
+    """POST one streaming request and record what came back in `outcome`; never raises for HTTP or
     stream errors (they land in `outcome.error`), only for cancellation."""
-    parser = _Stream(outcome)
+    parser = parser_type(outcome)
     outcome.send_s = clock()
     try:
         async with session.post(url, json=body) as resp:
@@ -295,7 +319,7 @@ async def stream_one(
                     break
                 parser.on_chunk(json.loads(payload), clock())
         outcome.finished_s = clock()
-    except (_StreamError, aiohttp.ClientError, ValueError, OSError) as exc:
+    except (StreamError, aiohttp.ClientError, ValueError, OSError) as exc:
         outcome.error = str(exc) or type(exc).__name__
         return
     missing = (outcome.usage_tokens or 0) - len(outcome.token_times_s)
@@ -340,10 +364,12 @@ async def run_open_loop(
     on_done: Callable[[Outcome], None] = lambda o: None,
     sample: Callable[[float], Awaitable[None]] | None = None,
     sample_interval_s: float = 0.5,
+    parser_type: type[TokenStream] = OpenAIStream,
 ) -> RunOutcome:
     """Fire each body at its request's arrival time and wait for all, at most `max_duration_s`; what is
     still running then is cancelled and stays unfinished. `sample(now_s)`, a coroutine function, is
-    awaited every `sample_interval_s` during the run (to read the server's gauges)."""
+    awaited every `sample_interval_s` during the run (to read the server's gauges). `parser_type`
+    reads the API's stream events."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
 
@@ -354,7 +380,7 @@ async def run_open_loop(
 
     async def fire(outcome: Outcome, body: dict[str, object]) -> None:
         await asyncio.sleep(max(0.0, outcome.request.arrival_s - clock()))
-        await stream_one(session, url, body, outcome, clock)
+        await stream_one(session, url, body, outcome, clock, parser_type)
         on_done(outcome)
 
     async def sampler() -> None:

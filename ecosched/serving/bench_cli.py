@@ -1,4 +1,4 @@
-"""`ecosched bench`: replay a workload against a live OpenAI-compatible server and write the same
+"""`ecosched bench`: replay a workload against a live OpenAI-compatible (or TGI) server and write the same
 results.json, results.csv and plots as `ecosched simulate`, so real and simulated runs compare side by
 side. The HTTP client (aiohttp) is imported only when the command runs."""
 
@@ -14,6 +14,8 @@ from typing import Any
 
 from ecosched.errors import ConfigError
 from ecosched.sim.cli import add_workload_args
+
+FORCE_LENGTHS = {"openai": ("max-tokens", "stop"), "tgi": ("max-tokens", "marker")}  # by --api
 
 DESCRIPTION = """\
 Replay a trace (or a synthetic workload) against an OpenAI-compatible endpoint, open loop: each
@@ -36,6 +38,17 @@ by max_tokens, but the scheduler is told the limit a real client would have decl
 not a free length oracle. --no-xargs sends a plain OpenAI body (no vllm_xargs, no
 continuous_usage_stats) for endpoints that reject unknown fields.
 
+--api tgi speaks TGI's API instead (ecosched's TGI router, or TGI itself): each request is a POST
+/generate_stream with a text prompt, {inputs, parameters: {max_new_tokens, details: true,
+ecosched_slo_class, ecosched_true_output_tokens}}; the model and its context come from GET /info
+(max_total_tokens; prompts are clamped to max_input_tokens). Lengths are forced with --force-length
+max-tokens (max_new_tokens = the length: the router sees it) or marker (the prompt text starts with
+the stand-in shard's `[[len:P,eos:K]]` and is filled to exactly P one-byte tokens, max_new_tokens is
+the declared limit, and only the "model", ecosched's stand-in shard, knows where the output ends).
+Prompts shorter than their marker are lengthened to hold it (counted in setup.num_prompts_lengthened).
+ecosched's TGI router reports pauses, resumes, preemptions and forward times on /metrics; each run's
+growth of them is in setup.bench[].server.
+
 Server-side columns come from GET /metrics (vLLM: preemptions, KV usage sampled every 0.5 s) and from
 --sched-stats; what is missing is NaN and explained in setup.notes of results.json. Capacity is the
 highest swept rate whose SLO attainment (TTFT and TBT, targets from --config/--set) is >= --target.
@@ -45,16 +58,27 @@ highest swept rate whose SLO attainment (TTFT and TBT, targets from --config/--s
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "bench",
-        help="load-test a live OpenAI-compatible server with a trace; results comparable with `simulate`",
+        help="load-test a live OpenAI-compatible or TGI server with a trace; results comparable with `simulate`",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is ok)")
-    p.add_argument("--model", help="model name to request (default: the first of GET /v1/models)")
+    p.add_argument(
+        "--api",
+        choices=("openai", "tgi"),
+        default="openai",
+        help="openai: POST /v1/completions with token-id prompts (default); tgi: POST /generate_stream with "
+        "text prompts",
+    )
+    p.add_argument("--model", help="model name to request (default: the first of GET /v1/models, tgi: GET /info)")
     add_workload_args(p, num_requests_help="requests per run (default: %(default)s)", num_requests_default=200)
     p.add_argument("--rate", type=float, help="arrival rate (requests/s) to re-time the workload to")
     p.add_argument("--rates", help="comma-separated rates: one run each, same workload (a sweep)")
-    p.add_argument("--max-model-len", type=int, help="context length (default: from GET /v1/models)")
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        help="context length (default: from GET /v1/models; tgi: max_total_tokens of GET /info)",
+    )
     p.add_argument(
         "--length-scale", type=float, default=1.0, help="multiply prompt and output lengths (default: %(default)s)"
     )
@@ -73,11 +97,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     p.add_argument(
         "--force-length",
-        choices=("max-tokens", "stop"),
+        choices=("max-tokens", "stop", "marker"),
         default="max-tokens",
         help="how each request's length is forced: max-tokens (max_tokens = the length, ignore_eos; the "
         "engine sees the length) or stop (max_tokens = the declared limit, min_tokens = length - 1 and "
-        "every other token id a stop id; needs --vocab-size; the engine does not see the length)",
+        "every other token id a stop id; needs --vocab-size; the engine does not see the length); --api tgi: "
+        "max-tokens (max_new_tokens = the length) or marker (the stand-in shard's [[len:P,eos:K]] prompt "
+        "marker, max_new_tokens = the declared limit; the router does not see the length)",
     )
     p.add_argument("--vocab-size", type=int, help="the model's vocabulary size (for --force-length stop)")
     p.add_argument("--no-xargs", action="store_true", help="plain OpenAI body: no vllm_xargs, no continuous usage")
@@ -115,6 +141,11 @@ def bench_command(args: argparse.Namespace) -> int:
     _check_args(args)
     config = load_config(args.config, args.set)
     stop_ids = None
+    if args.force_length not in FORCE_LENGTHS[args.api]:
+        raise ConfigError(
+            f"--force-length {args.force_length} does not work with --api {args.api} (it takes "
+            f"{' or '.join(FORCE_LENGTHS[args.api])})"
+        )
     if args.force_length == "stop":
         if not args.vocab_size or args.vocab_size <= FREE_IDS:
             raise ConfigError(f"--force-length stop needs --vocab-size N (N > {FREE_IDS}: the model's vocabulary)")
